@@ -1,0 +1,324 @@
+"""The on-disk multi-view dataset format that every producer writes and every consumer reads.
+
+Layout (documented for users in docs/dataset_format.md)::
+
+    DATASET/
+      <sequence>/                  one subject + action/take
+        meta.json                  {"format": "metricpose-sequence", "version": 1, "subject",
+                                    "action", "fps", "num_frames", "crop_size", "cameras"}
+        cameras.json               list of cameras (see metricpose.cameras.Camera.to_dict)
+        poses_3d.npy               (T, 17, 3) float, world mm, Human3.6M order; absent if unlabelled
+        boxes.npy                  (V, T, 4) float, crop box (x0, y0, x1, y1) in full-image px
+        frames/<camera name>.npy   (T, S, S, 3) uint8 RGB crops, memory-mapped when read
+
+A sequence folder is complete once ``meta.json`` exists: writers build the folder under a
+temporary name and rename it into place, so an interrupted write never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metricpose.cameras import Camera
+from metricpose.skeleton import BONES, NUM_JOINTS
+
+FORMAT_NAME = "metricpose-sequence"
+FORMAT_VERSION = 1
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+#: A median bone shorter than this (in the file's unit) means the poses are not in millimetres.
+_MIN_MEDIAN_BONE_MM = 20.0
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or malformed; the message names the file and the problem."""
+
+
+@dataclass
+class SequenceMeta:
+    subject: str
+    action: str
+    fps: float
+    num_frames: int
+    crop_size: int
+    cameras: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "subject": self.subject,
+            "action": self.action,
+            "fps": self.fps,
+            "num_frames": self.num_frames,
+            "crop_size": self.crop_size,
+            "cameras": self.cameras,
+            **self.extra,
+        }
+
+
+def _check_name(name: str, what: str, where: Path) -> None:
+    # Names become file names; refuse anything that could leave the dataset folder.
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise DatasetError(
+            f"{where}: {what} {name!r} is not a safe name (letters, digits, _ . + -)"
+        )
+
+
+def write_sequence(
+    root: Path,
+    name: str,
+    meta: SequenceMeta,
+    cameras: list[Camera],
+    boxes: np.ndarray,
+    frames: dict[str, np.ndarray] | None,
+    poses_3d: np.ndarray | None,
+) -> Path:
+    """Write one sequence atomically (temporary folder, then rename). Returns its folder."""
+    root = Path(root)
+    _check_name(name, "sequence name", root)
+    final = root / name
+    tmp = root / f".{name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "frames").mkdir(parents=True)
+    (tmp / "cameras.json").write_text(json.dumps([c.to_dict() for c in cameras], indent=1))
+    np.save(tmp / "boxes.npy", np.asarray(boxes, dtype=np.float32))
+    if poses_3d is not None:
+        np.save(tmp / "poses_3d.npy", np.asarray(poses_3d, dtype=np.float32))
+    for cam_name, crops in (frames or {}).items():
+        np.save(tmp / "frames" / f"{cam_name}.npy", np.ascontiguousarray(crops, dtype=np.uint8))
+    (tmp / "meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / "meta.json").is_file()
+
+
+def list_sequences(root: Path) -> list[Path]:
+    """Complete sequence folders under ``root``, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist")
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_complete(p)
+    )
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+class Sequence:
+    """One sequence of a dataset, validated on open; frames are memory-mapped lazily."""
+
+    def __init__(self, folder: Path, check_frames: bool = True) -> None:
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        raw = _load_json(meta_path)
+        self.meta = _parse_meta(raw, meta_path)
+        cams_path = self.folder / "cameras.json"
+        cams = _load_json(cams_path)
+        if not isinstance(cams, list) or not cams:
+            raise DatasetError(f"{cams_path}: expected a non-empty list of cameras")
+        self.cameras = []
+        for entry in cams:
+            if not isinstance(entry, dict):
+                raise DatasetError(
+                    f"{cams_path}: each camera must be an object, got {type(entry).__name__}"
+                )
+            try:
+                self.cameras.append(Camera.from_dict(entry, str(cams_path)))
+            except ValueError as exc:
+                raise DatasetError(str(exc)) from None
+        names = [c.name for c in self.cameras]
+        if names != self.meta.cameras:
+            raise DatasetError(
+                f"{cams_path}: camera names {names} differ from meta.json's {self.meta.cameras}"
+            )
+        for n in names:
+            _check_name(n, "camera name", cams_path)
+        T, V = self.meta.num_frames, len(self.cameras)
+
+        boxes_path = self.folder / "boxes.npy"
+        self.boxes = _load_array(boxes_path).astype(np.float64)
+        if self.boxes.shape != (V, T, 4):
+            raise DatasetError(
+                f"{boxes_path}: expected shape {(V, T, 4)} (cameras, frames, 4), got {self.boxes.shape}"
+            )
+        if not np.all(np.isfinite(self.boxes)):
+            raise DatasetError(f"{boxes_path}: contains NaN or Inf")
+        if np.any(self.boxes[..., 2] <= self.boxes[..., 0]) or np.any(
+            self.boxes[..., 3] <= self.boxes[..., 1]
+        ):
+            raise DatasetError(f"{boxes_path}: some boxes have x1 <= x0 or y1 <= y0")
+
+        poses_path = self.folder / "poses_3d.npy"
+        self.poses_3d: np.ndarray | None = None
+        if poses_path.exists():
+            poses = _load_array(poses_path)
+            if poses.shape != (T, NUM_JOINTS, 3):
+                raise DatasetError(
+                    f"{poses_path}: expected shape {(T, NUM_JOINTS, 3)} (frames, joints, xyz), got {poses.shape}"
+                )
+            if not np.all(np.isfinite(poses)):
+                bad = np.argwhere(~np.isfinite(poses))[0]
+                raise DatasetError(
+                    f"{poses_path}: NaN or Inf (first at frame {bad[0]}, joint {bad[1]})"
+                )
+            bones = np.linalg.norm(
+                poses[:, [c for _, c in BONES]] - poses[:, [p for p, _ in BONES]], axis=-1
+            )
+            if np.median(bones) < _MIN_MEDIAN_BONE_MM:
+                raise DatasetError(
+                    f"{poses_path}: median bone length is {np.median(bones):.3g}, implausibly short for "
+                    "millimetres; are the poses in metres? Multiply by 1000."
+                )
+            self.poses_3d = poses.astype(np.float32)
+
+        self._frames: dict[str, np.ndarray] = {}
+        self.has_frames = all((self.folder / "frames" / f"{n}.npy").is_file() for n in names)
+        if check_frames and self.has_frames:
+            for n in names:
+                self.frames(n)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def labelled(self) -> bool:
+        return self.poses_3d is not None
+
+    def frames(self, camera_name: str) -> np.ndarray:
+        """(T, S, S, 3) uint8 crops of one camera, memory-mapped."""
+        if camera_name not in self._frames:
+            path = self.folder / "frames" / f"{camera_name}.npy"
+            arr = _load_array(path, mmap=True)
+            S, T = self.meta.crop_size, self.meta.num_frames
+            if arr.shape != (T, S, S, 3):
+                raise DatasetError(
+                    f"{path}: expected shape {(T, S, S, 3)} (frames, size, size, RGB), got {arr.shape}"
+                )
+            if arr.dtype != np.uint8:
+                raise DatasetError(f"{path}: expected uint8 pixels, got {arr.dtype}")
+            self._frames[camera_name] = arr
+        return self._frames[camera_name]
+
+
+def _parse_meta(raw: Any, path: Path) -> SequenceMeta:
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    if raw.get("format") != FORMAT_NAME:
+        raise DatasetError(f"{path}: 'format' must be {FORMAT_NAME!r}, got {raw.get('format')!r}")
+    if raw.get("version") != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: unsupported format version {raw.get('version')!r} (this reader: {FORMAT_VERSION})"
+        )
+    required = {
+        "subject": str,
+        "action": str,
+        "fps": (int, float),
+        "num_frames": int,
+        "crop_size": int,
+        "cameras": list,
+    }
+    for key, typ in required.items():
+        if key not in raw:
+            raise DatasetError(f"{path}: missing key {key!r}")
+        if not isinstance(raw[key], typ) or isinstance(raw[key], bool):
+            raise DatasetError(f"{path}: {key!r} has the wrong type ({type(raw[key]).__name__})")
+    if raw["num_frames"] <= 0 or raw["crop_size"] <= 0 or raw["fps"] <= 0:
+        raise DatasetError(f"{path}: num_frames, crop_size and fps must be positive")
+    if not raw["cameras"] or not all(isinstance(c, str) for c in raw["cameras"]):
+        raise DatasetError(f"{path}: 'cameras' must be a non-empty list of names")
+    _check_name(raw["subject"], "subject", path)
+    extra = {k: v for k, v in raw.items() if k not in required and k not in ("format", "version")}
+    return SequenceMeta(
+        subject=raw["subject"],
+        action=raw["action"],
+        fps=float(raw["fps"]),
+        num_frames=raw["num_frames"],
+        crop_size=raw["crop_size"],
+        cameras=list(raw["cameras"]),
+        extra=extra,
+    )
+
+
+def open_dataset(
+    root: Path, subjects: list[str] | None = None, check_frames: bool = True
+) -> list[Sequence]:
+    """Open and validate every complete sequence (optionally only some subjects)."""
+    seqs = []
+    for folder in list_sequences(root):
+        seq = Sequence(folder, check_frames=check_frames)
+        if subjects is None or seq.meta.subject in subjects:
+            seqs.append(seq)
+    if not seqs:
+        which = f" for subjects {subjects}" if subjects else ""
+        raise DatasetError(f"{root}: no complete sequences{which}")
+    return seqs
+
+
+def check_dataset(root: Path) -> tuple[dict[str, Any], list[str]]:
+    """Validate every sequence; return a summary and the list of problems (empty if none)."""
+    root = Path(root)
+    problems: list[str] = []
+    summary: dict[str, Any] = {
+        "sequences": 0,
+        "frames": 0,
+        "crops": 0,
+        "labelled_frames": 0,
+        "subjects": {},
+        "cameras": set(),
+    }
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        return summary, [f"{root}: cannot list the dataset folder ({exc.strerror})"]
+    for folder in folders:
+        if not is_complete(folder):
+            problems.append(f"{folder}: incomplete sequence (no meta.json)")
+            continue
+        try:
+            seq = Sequence(folder)
+        except DatasetError as exc:
+            problems.append(str(exc))
+            continue
+        T = seq.meta.num_frames
+        summary["sequences"] += 1
+        summary["frames"] += T
+        summary["crops"] += T * len(seq.cameras) if seq.has_frames else 0
+        summary["labelled_frames"] += T if seq.labelled else 0
+        summary["subjects"][seq.meta.subject] = summary["subjects"].get(seq.meta.subject, 0) + T
+        summary["cameras"].update(c.name for c in seq.cameras)
+    if not summary["sequences"] and not problems:
+        problems.append(f"{root}: no sequences found")
+    summary["cameras"] = sorted(summary["cameras"])
+    return summary, problems

@@ -1,0 +1,1 @@
+"""The built-in synthetic multi-view capture studio (subjects, motions, rig, renderer)."""

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+
+from metricpose.skeleton import BONES
+from metricpose.studio.body import make_subject
+from metricpose.studio.generate import generate, synth_config
+from metricpose.studio.motion import ACTIONS, ANKLE_HEIGHT_MM, generate_take
+from metricpose.studio.render import CameraBackdrop, Studio, render_take
+from metricpose.studio.rig import default_rig, random_rig
+
+
+def bone_lengths(joints):
+    return np.stack(
+        [np.linalg.norm(joints[..., c, :] - joints[..., p, :], axis=-1) for p, c in BONES], -1
+    )
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_motion_is_rigid_grounded_and_smooth(action):
+    subject = make_subject("S1", np.random.default_rng(0))
+    take = generate_take(subject, action, 40, 12.5, np.random.default_rng(1))
+    joints = take["joints"]
+    assert joints.shape == (40, 17, 3) and np.isfinite(joints).all()
+    lengths = bone_lengths(joints)
+    np.testing.assert_allclose(
+        lengths, np.broadcast_to(lengths[0], lengths.shape), atol=1e-6
+    )  # rigid bones
+    lowest_ankle = joints[:, [3, 6], 2].min(1)
+    assert (lowest_ankle >= ANKLE_HEIGHT_MM - 1e-6).all()
+    if action != "jumping":
+        assert lowest_ankle.max() < ANKLE_HEIGHT_MM + 50
+    assert (joints[:, 10, 2] > joints[:, 0, 2]).all()  # head above pelvis
+    speed = np.linalg.norm(np.diff(joints, axis=0), axis=-1) * 12.5  # mm/s
+    assert speed.max() < 12000  # no jumps between frames
+
+
+def test_subjects_differ_in_body_and_looks_but_are_left_right_symmetric():
+    a, b = (make_subject(n, np.random.default_rng([0, 2, i])) for i, n in ((1, "S1"), (5, "S5")))
+    assert a.lengths_mm != b.lengths_mm
+    assert np.abs(a.shirt - b.shirt).max() > 1 or np.abs(a.trousers - b.trousers).max() > 1
+    offsets = a.rest_offsets()
+    np.testing.assert_allclose(
+        np.linalg.norm(offsets[1:4], axis=1), np.linalg.norm(offsets[4:7], axis=1)
+    )
+    np.testing.assert_allclose(
+        np.linalg.norm(offsets[11:14], axis=1), np.linalg.norm(offsets[14:17], axis=1)
+    )
+
+
+def test_left_and_right_limbs_are_drawn_alike():
+    # A subject facing the camera, mirrored left/right, renders as the mirror image of itself
+    # up to the face: limbs carry no side-specific colour.
+    from metricpose.studio import render
+
+    looks = render._looks(make_subject("S7", np.random.default_rng(3)))[0]
+    names = [c[:2] for c in render._CAPSULES]
+    pairs = [((14, 15), (11, 12)), ((15, 16), (12, 13)), ((1, 2), (4, 5)), ((2, 3), (5, 6))]
+    for right, left in pairs:
+        np.testing.assert_array_equal(looks[names.index(right)], looks[names.index(left)])
+
+
+def test_rendering_is_deterministic_and_shows_the_person():
+    subject = make_subject("S1", np.random.default_rng(0))
+    take = generate_take(subject, "waving", 6, 12.5, np.random.default_rng(1))
+    cam = default_rig()[1]
+    backdrop = CameraBackdrop(Studio.random(np.random.default_rng(2)), cam)
+    a, boxes = render_take(subject, backdrop, cam, take["joints"], take["rotations"], 64, seed=5)
+    b, _ = render_take(subject, backdrop, cam, take["joints"], take["rotations"], 64, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (6, 64, 64, 3) and a.dtype == np.uint8
+    # The person is at the centre of the crop: the centre differs from an empty studio there.
+    empty = backdrop.crops(boxes, 64, np.full((6, 2), 1e9)).numpy()
+    diff = np.abs(a.astype(float) - empty).mean(-1)
+    assert diff[:, 24:40, 28:36].mean() > 20  # torso
+    assert diff[:, :3, :3].mean() < 6  # corners: background (+ noise)
+
+
+def test_generate_is_seeded_and_resumable(tmp_path):
+    config = synth_config("tiny", frames=4, actions=["walking"], subjects=["S1"])
+    generate(tmp_path / "a", config, progress=False)
+    generate(tmp_path / "b", config, progress=False)
+    fa = np.load(tmp_path / "a" / "S1_walking_0" / "frames" / "cam0.npy")
+    np.testing.assert_array_equal(
+        fa, np.load(tmp_path / "b" / "S1_walking_0" / "frames" / "cam0.npy")
+    )
+    other = synth_config("tiny", frames=4, actions=["walking"], subjects=["S1"], seed=1)
+    generate(tmp_path / "c", other, progress=False)
+    assert not np.array_equal(fa, np.load(tmp_path / "c" / "S1_walking_0" / "frames" / "cam0.npy"))
+    # Complete sequences are kept, not rendered again.
+    marker = tmp_path / "a" / "S1_walking_0" / "frames" / "cam0.npy"
+    before = marker.stat().st_mtime_ns
+    generate(tmp_path / "a", config, progress=False)
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_random_rig_has_valid_distinct_cameras():
+    cams = random_rig(6, np.random.default_rng(0))
+    centres = np.stack([c.center_world for c in cams])
+    assert len({tuple(np.round(c)) for c in centres}) == 6
+    for cam in cams:
+        assert cam.world_to_camera(np.array([0.0, 0.0, 1000.0]))[2] > 3000  # looks at the studio
+
+
+def test_unknown_preset_and_action():
+    with pytest.raises(ValueError, match="unknown preset"):
+        synth_config("huge")
+    with pytest.raises(ValueError, match="unknown actions"):
+        synth_config("tiny", actions=["moonwalk"])
