@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from metricpose.errors import InputError
+
 DIST_MODELS = ("opencv", "h36m")
 
 Array = Any  # numpy.ndarray or torch.Tensor
@@ -60,7 +62,7 @@ def distort(xy: Array, dist: Array, dist_model: str = "opencv") -> Array:
         xd = x * (radial + tangential) + p2 * r2
         yd = y * (radial + tangential) + p1 * r2
     else:
-        raise ValueError(f"unknown dist_model {dist_model!r}; expected one of {DIST_MODELS}")
+        raise InputError(f"unknown dist_model {dist_model!r}; expected one of {DIST_MODELS}")
     return _stack([xd, yd])
 
 
@@ -169,31 +171,31 @@ class Camera:
         prefix = f"{where}: camera {self.name!r}: " if where else f"camera {self.name!r}: "
         for key in ("K", "R", "t", "dist"):
             if not np.all(np.isfinite(getattr(self, key))):
-                raise ValueError(prefix + f"{key} contains NaN or Inf")
+                raise InputError(prefix + f"{key} contains NaN or Inf")
         if self.dist.size != 5:
-            raise ValueError(
+            raise InputError(
                 prefix + f"dist must have 5 coefficients (k1, k2, p1, p2, k3), got {self.dist.size}"
             )
         if self.dist_model not in DIST_MODELS:
-            raise ValueError(
+            raise InputError(
                 prefix + f"dist_model must be one of {DIST_MODELS}, got {self.dist_model!r}"
             )
         if self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
-            raise ValueError(
+            raise InputError(
                 prefix + f"focal lengths must be positive, got fx={self.K[0, 0]}, fy={self.K[1, 1]}"
             )
         if not np.allclose(self.K[2], [0, 0, 1]) or self.K[1, 0] != 0:
-            raise ValueError(
+            raise InputError(
                 prefix
                 + f"K must be upper triangular with last row (0, 0, 1), got {self.K.tolist()}"
             )
         err = rotation_error(self.R)
         if err > 1e-4:
-            raise ValueError(
+            raise InputError(
                 prefix + f"R is not a rotation matrix (orthonormality/determinant error {err:.3g})"
             )
         if self.width <= 0 or self.height <= 0:
-            raise ValueError(
+            raise InputError(
                 prefix + f"image size must be positive, got {self.width}x{self.height}"
             )
 
@@ -243,23 +245,23 @@ class Camera:
         """Build from a cameras.json entry; errors name ``where`` (the file) and the problem."""
         missing = [k for k in ("name", "K", "R", "t", "width", "height") if k not in entry]
         if missing:
-            raise ValueError(f"{where}: camera entry lacks {', '.join(missing)}")
+            raise InputError(f"{where}: camera entry lacks {', '.join(missing)}")
         try:
             K = np.asarray(entry["K"], dtype=np.float64)
             R = np.asarray(entry["R"], dtype=np.float64)
             t = np.asarray(entry["t"], dtype=np.float64)
             dist = np.asarray(entry.get("dist", [0.0] * 5), dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"{where}: camera {entry.get('name')!r}: non-numeric parameters ({exc})"
             ) from None
         for key, arr, shape in (("K", K, (3, 3)), ("R", R, (3, 3)), ("t", t, (3,))):
             if arr.shape != shape:
-                raise ValueError(
+                raise InputError(
                     f"{where}: camera {entry['name']!r}: {key} must have shape {shape}, got {arr.shape}"
                 )
         if dist.size not in (4, 5):
-            raise ValueError(
+            raise InputError(
                 f"{where}: camera {entry['name']!r}: dist must have 4 or 5 coefficients, got {dist.size}"
             )
         camera = cls.__new__(cls)
@@ -270,7 +272,7 @@ class Camera:
         try:
             camera.width, camera.height = int(entry["width"]), int(entry["height"])
         except (TypeError, ValueError):
-            raise ValueError(
+            raise InputError(
                 f"{where}: camera {entry['name']!r}: width/height must be integers"
             ) from None
         camera.validate(where)
@@ -291,7 +293,7 @@ def look_at(
     z = z / np.linalg.norm(z)
     x = np.cross(z, np.asarray(up, dtype=np.float64))
     if np.linalg.norm(x) < 1e-9:
-        raise ValueError("look_at: viewing direction is parallel to the up vector")
+        raise InputError("look_at: viewing direction is parallel to the up vector")
     x = x / np.linalg.norm(x)
     y = np.cross(z, x)
     R = np.stack([x, y, z])

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from metricpose.errors import InputError
+
 
 def _synth(args: argparse.Namespace) -> None:
     from metricpose.studio.generate import generate, synth_config
@@ -43,6 +45,75 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _train(args: argparse.Namespace) -> None:
+    from metricpose.config import load_config
+    from metricpose.train import train
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.root={args.data}")
+    config = load_config(args.config, overrides)
+    summary = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    print(
+        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; model: {summary['model']}"
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from metricpose.evaluate import evaluate_checkpoint, format_table
+
+    subjects = args.subjects.split(",") if args.subjects else None
+    scores = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), subjects, args.stride)
+    print(format_table(scores))
+    if args.out:
+        Path(args.out).write_text(json.dumps(scores, indent=1))
+        print(f"wrote {args.out}")
+
+
+def _retrieval(args: argparse.Namespace) -> None:
+    import json
+
+    from metricpose.checkpoint import load_model
+    from metricpose.data.dataset import MultiViewDataset
+    from metricpose.evaluate import predict
+    from metricpose.retrieval import evaluate_retrieval, protocol, read_keys, write_keys
+
+    model, config = load_model(Path(args.checkpoint))
+    subjects = args.subjects.split(",") if args.subjects else config["data"]["test_subjects"]
+    pred = predict(model, MultiViewDataset(Path(args.data), subjects=subjects, num_views=1))
+    sets = (
+        read_keys(Path(args.keys_in), pred)
+        if args.keys_in
+        else protocol(pred, args.query_stride, args.cross_subject)
+    )
+    if args.keys_out:
+        write_keys(Path(args.keys_out), pred, sets)
+    result = evaluate_retrieval(pred, threshold=args.threshold, ivf_lists=args.ivf_lists, sets=sets)
+    print("| retrieval | " + " | ".join(k for k in result["embedding"]) + " |")
+    for row, values in result.items():
+        print(
+            f"| {row} | "
+            + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values.values())
+            + " |"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from metricpose.demo import run_demo
+
+    run_demo(
+        Path(args.out),
+        args.preset,
+        Path(args.data) if args.data else None,
+        progress=not args.no_progress,
+        threads=args.threads,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metricpose",
@@ -70,6 +141,68 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-data", help="validate a dataset and print a summary")
     p.add_argument("data", help="dataset folder")
     p.set_defaults(func=_check_data)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train on a dataset. Every config option can be overridden with --set key=value "
+        "(e.g. --set loss.margin=0.3 --set train.steps=3000); see metricpose/configs/default.yaml.",
+    )
+    p.add_argument(
+        "--config", default="metric", help="preset (baseline, metric, metric_adv) or a YAML file"
+    )
+    p.add_argument("--data", help="dataset folder (same as --set data.root=DIR)")
+    p.add_argument(
+        "--out", required=True, help="run folder: checkpoints, logs, config.yaml, model.pt"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config option (repeatable)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="3D pose metrics of a checkpoint on a dataset")
+    p.add_argument("--checkpoint", required=True, help="model.pt or a training .ckpt")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument(
+        "--subjects", help="comma-separated subjects (default: the config's test subjects)"
+    )
+    p.add_argument("--stride", type=int, default=1, help="evaluate every N-th instant")
+    p.add_argument("--out", help="also write the scores as JSON")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("retrieval", help="view-invariant pose retrieval benchmark of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument(
+        "--subjects", help="comma-separated subjects (default: the config's test subjects)"
+    )
+    p.add_argument("--query-stride", type=int, default=1, help="use every N-th frame as a query")
+    p.add_argument(
+        "--cross-subject", action="store_true", help="database holds only other subjects"
+    )
+    p.add_argument("--threshold", type=float, default=0.1, help="NP-MPJPE threshold of a hit")
+    p.add_argument("--ivf-lists", type=int, default=0, help="FAISS IVF lists (0: exact search)")
+    p.add_argument("--keys-out", help="write the evaluated query/database keys to this text file")
+    p.add_argument("--keys-in", help="evaluate exactly the keys of this file")
+    p.add_argument("--out", help="also write the scores as JSON")
+    p.set_defaults(func=_retrieval)
+
+    p = sub.add_parser("demo", help="the end-to-end experiment on the synthetic studio")
+    p.add_argument(
+        "--out", required=True, help="output folder (results.json, report.md, plots, runs/)"
+    )
+    p.add_argument("--preset", default="default", help="tiny | default | sweep | full")
+    p.add_argument(
+        "--data",
+        help="studio data folder (default: OUT/data/studio-<preset>; generated if missing)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
     return parser
 
 
@@ -77,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Our readers raise ValueError subclasses whose message names the file and the problem.
+    except (InputError, OSError) as exc:
         print(f"metricpose {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 
 from metricpose.cameras import crop_intrinsics, project_points  # noqa: E402
 from metricpose.data.format import Sequence, open_dataset  # noqa: E402
+from metricpose.errors import InputError  # noqa: E402
 from metricpose.skeleton import BONES, JOINT_NAMES  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def contact_sheet(root: Path, out: Path, num_frames: int = 4, seed: int = 0) -> 
     ground-truth skeleton where labelled) and a 3D plot of the pose."""
     seqs = [s for s in open_dataset(root) if s.has_frames]
     if not seqs:
-        raise ValueError(f"{root}: no sequence has frames to show")
+        raise InputError(f"{root}: no sequence has frames to show")
     rng = np.random.default_rng(seed)
     picks = [seqs[i] for i in rng.choice(len(seqs), size=min(num_frames, len(seqs)), replace=False)]
     views = max(len(s.cameras) for s in picks)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from metricpose.cameras import crop_intrinsics
-from metricpose.data.format import Sequence, open_dataset
+from metricpose.data.format import DatasetError, Sequence, open_dataset
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class MultiViewDataset(Dataset):
     A sample is a dict of tensors:
         images (V, S, S, 3) uint8; K (V, 3, 3) crop intrinsics; R (V, 3, 3); t (V, 3) mm;
         pose_cam (V, 17, 3) root-relative camera-frame mm (zeros when unlabelled);
-        pose_world (17, 3) mm; labelled (); subject (), sequence (), frame (), views (V,).
+        pose_world (17, 3) mm; labelled (); subject (), sequence (), frame (), index (), views (V,).
 
     Frames are memory-mapped per worker process, so it is safe and cheap with many
     DataLoader workers.
@@ -48,13 +48,13 @@ class MultiViewDataset(Dataset):
             s for s in open_dataset(self.root, subjects) if s.has_frames
         ]
         if not self.sequences:
-            raise ValueError(f"{self.root}: no sequence with frames for subjects {subjects}")
+            raise DatasetError(f"{self.root}: no sequence with frames for subjects {subjects}")
         self.subjects = sorted({s.meta.subject for s in self.sequences})
         self.num_views = num_views
         seq_ids, frames = [], []
         for i, seq in enumerate(self.sequences):
             if len(seq.cameras) < num_views:
-                raise ValueError(
+                raise DatasetError(
                     f"{seq.folder}: has {len(seq.cameras)} cameras, {num_views} views requested"
                 )
             t = np.arange(0, seq.meta.num_frames, frame_stride)
@@ -118,5 +118,6 @@ class MultiViewDataset(Dataset):
             "subject": torch.tensor(int(self.subject_index[index])),
             "sequence": torch.tensor(int(self.seq_index[index])),
             "frame": torch.tensor(t),
+            "index": torch.tensor(index),
             "views": torch.tensor(views),
         }

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from metricpose.cameras import Camera
+from metricpose.errors import InputError
 from metricpose.skeleton import BONES, NUM_JOINTS
 
 FORMAT_NAME = "metricpose-sequence"
@@ -37,7 +38,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _MIN_MEDIAN_BONE_MM = 20.0
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file is missing or malformed; the message names the file and the problem."""
 
 

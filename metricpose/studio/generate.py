@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from metricpose.data.format import SequenceMeta, is_complete, write_sequence
+from metricpose.errors import InputError
 from metricpose.studio.body import make_subject
 from metricpose.studio.motion import ACTIONS, generate_take
 from metricpose.studio.render import CameraBackdrop, Studio, render_take
@@ -43,10 +44,10 @@ PRESETS: dict[str, SynthConfig] = {
 
 def synth_config(preset: str = "default", **overrides) -> SynthConfig:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     unknown = [a for a in overrides.get("actions") or [] if a not in ACTIONS]
     if unknown:
-        raise ValueError(f"unknown actions {unknown}; available: {', '.join(ACTIONS)}")
+        raise InputError(f"unknown actions {unknown}; available: {', '.join(ACTIONS)}")
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
 

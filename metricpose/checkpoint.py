@@ -1,0 +1,126 @@
+"""Saving and loading: atomic writes, and a self-contained model file that loads safely."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from metricpose import __version__
+from metricpose.errors import InputError
+from metricpose.skeleton import JOINT_NAMES
+
+MODEL_FORMAT = "metricpose-model"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it: a reader (or a
+    resumed run) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint writer that never leaves a partial file under the final name."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return safe_load(Path(path), map_location)
+
+
+def safe_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """torch.load with weights_only=True; a file that needs arbitrary pickled objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise InputError(
+            f"{path}: cannot be loaded safely as a checkpoint (weights_only=True): {str(exc).splitlines()[0]}. "
+            "metricpose refuses files that need arbitrary Python objects, which could run code."
+        ) from None
+
+
+def save_model(
+    path: Path,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    subjects: list[str],
+    step: int,
+) -> None:
+    """The portable model file: weights, resolved config, joint names, training subjects."""
+    atomic_torch_save(
+        {
+            "format": MODEL_FORMAT,
+            "version": __version__,
+            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+            "config": config,
+            "joint_names": list(JOINT_NAMES),
+            "subjects": list(subjects),
+            "step": int(step),
+        },
+        path,
+    )
+
+
+def load_model(path: Path | str, map_location: str = "cpu"):
+    """Load a PoseNet from a model file (model.pt) or a Lightning checkpoint (.ckpt).
+
+    Returns (model in eval mode, config dict).
+    """
+    ckpt = safe_load(Path(path), map_location)
+    if ckpt.get("format") == MODEL_FORMAT:
+        state, config = ckpt["state_dict"], ckpt["config"]
+    elif "state_dict" in ckpt and "hyper_parameters" in ckpt:
+        config = ckpt["hyper_parameters"]["config"]
+        state = {
+            k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
+        }
+    else:
+        raise InputError(
+            f"{path}: neither a metricpose model file nor a metricpose training checkpoint"
+        )
+    model = build_model(config, pretrained=False)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(
+            f"{path}: weights do not match the network its config describes ({str(exc).splitlines()[0]})"
+        ) from None
+    return model.eval(), config
+
+
+def build_model(config: dict[str, Any], pretrained: bool = True):
+    """A PoseNet as the config's model section describes; ImageNet weights are loaded from
+    model.weights only when ``pretrained`` (a trained checkpoint brings its own)."""
+    from metricpose.models import PoseNet
+
+    m = config["model"]
+    return PoseNet(
+        backbone=m["backbone"], width=m["width"], embedding_dim=m["embedding_dim"],
+        regressor_width=m["regressor_width"], regressor_blocks=m["regressor_blocks"],
+        dropout=m["dropout"], pose_frame=m["pose_frame"], weights_path=m["weights"] if pretrained else None,
+    )  # fmt: skip

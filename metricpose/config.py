@@ -1,0 +1,187 @@
+"""Training configuration: YAML presets plus command-line overrides, validated up front."""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metricpose.errors import InputError
+
+PRESETS = ("baseline", "metric", "metric_adv")
+
+
+class ConfigError(InputError):
+    """An invalid configuration; the message names the key and the problem."""
+
+
+def _read_yaml(path: Path | Any, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    return data
+
+
+def defaults() -> dict[str, Any]:
+    return _read_yaml(resources.files("metricpose.configs") / "default.yaml", "default.yaml")
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            hint = difflib.get_close_matches(key, list(base), n=1)
+            suggestion = f"; did you mean {prefix}{hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{where}: unknown option {dotted!r}{suggestion}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {dotted!r} must be a mapping")
+            _merge(base[key], value, where, dotted + ".")
+        else:
+            base[key] = _checked(base[key], value, dotted, where)
+
+
+def _checked(default: Any, value: Any, key: str, where: str) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key!r} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key!r} must be an integer, got {value!r}")
+    elif isinstance(default, list) and not isinstance(value, list):
+        value = [v.strip() for v in str(value).split(",")]
+    elif isinstance(default, str) and not isinstance(value, str):
+        value = str(value)
+    return value
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'loss.margin=0.3' -> {'loss': {'margin': 0.3}} (the value is read as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. loss.margin=0.3")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    preset_or_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Defaults, then a preset name or a YAML file, then ``key=value`` overrides."""
+    config = defaults()
+    if preset_or_file:
+        if preset_or_file in PRESETS:
+            source = resources.files("metricpose.configs") / f"{preset_or_file}.yaml"
+        else:
+            source = Path(preset_or_file)
+            if source.suffix not in (".yaml", ".yml"):
+                raise ConfigError(
+                    f"{preset_or_file!r}: neither a preset ({', '.join(PRESETS)}) nor a .yaml file"
+                )
+        _merge(config, _read_yaml(source, str(preset_or_file)), str(preset_or_file))
+    for text in overrides:
+        _merge(config, parse_override(text), f"override {text!r}")
+    validate(config)
+    return config
+
+
+def _choice(config: dict[str, Any], key: str, options: tuple[str, ...]) -> None:
+    section, name = key.split(".")
+    if config[section][name] not in options:
+        raise ConfigError(
+            f"{key!r} must be one of {', '.join(options)}, got {config[section][name]!r}"
+        )
+
+
+def _positive(config: dict[str, Any], key: str, allow_zero: bool = False) -> None:
+    section, name = key.split(".")
+    value = config[section][name]
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(
+            f"{key!r} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}"
+        )
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Check ranges and choices; raise ConfigError naming the key."""
+    _choice(config, "model.backbone", ("resnet18", "resnet34", "resnet50"))
+    _choice(config, "model.pose_frame", ("body", "camera"))
+    _choice(config, "loss.pose", ("l2", "l1"))
+    _choice(config, "loss.metric", ("hardnet", "contrastive"))
+    _choice(config, "loss.negatives", ("same_subject", "any"))
+    _choice(config, "train.nonfinite", ("stop", "skip"))
+    _choice(config, "train.accelerator", ("auto", "cpu", "gpu", "cuda"))
+    for key in (
+        "model.width",
+        "model.embedding_dim",
+        "batch.size",
+        "train.steps",
+        "train.lr",
+        "train.val_every",
+        "data.frame_stride",
+    ):
+        _positive(config, key)
+    for key in (
+        "loss.pose_weight",
+        "loss.metric_weight",
+        "loss.adversarial_weight",
+        "loss.margin",
+        "train.grad_clip",
+        "data.num_workers",
+        "train.threads",
+    ):
+        _positive(config, key, allow_zero=True)
+    if not 0.0 <= config["batch"]["labelled_fraction"] <= 1.0:
+        raise ConfigError(
+            f"'batch.labelled_fraction' must be in [0, 1], got {config['batch']['labelled_fraction']}"
+        )
+    if not 0.0 <= config["model"]["dropout"] < 1.0:
+        raise ConfigError(f"'model.dropout' must be in [0, 1), got {config['model']['dropout']}")
+    overlap = set(config["data"]["train_subjects"]) & set(config["data"]["test_subjects"])
+    if overlap:
+        raise ConfigError(f"'data.test_subjects' overlaps the training subjects: {sorted(overlap)}")
+    parse_labels(config["data"]["labels"], config["data"]["train_subjects"])
+
+
+def parse_labels(spec: str, train_subjects: list[str]) -> tuple[str, Any]:
+    """'S1' / 'S1,S5' -> ('subjects', [...]); 'fraction:0.05' -> ('fraction', 0.05); 'all'."""
+    spec = str(spec).strip()
+    if spec == "all":
+        return "subjects", list(train_subjects)
+    if spec.startswith("fraction:"):
+        try:
+            fraction = float(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"'data.labels': bad fraction in {spec!r}") from None
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"'data.labels': fraction must be in (0, 1], got {fraction}")
+        return "fraction", fraction
+    subjects = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in subjects if s not in train_subjects]
+    if not subjects or unknown:
+        raise ConfigError(
+            f"'data.labels': {spec!r} names subjects outside data.train_subjects {train_subjects}"
+        )
+    return "subjects", subjects

@@ -1,0 +1,69 @@
+"""Batches for semi-supervised multi-view training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from metricpose.data.dataset import FrameKey
+from metricpose.errors import InputError
+
+
+class MixedBatchSampler(Sampler[list[FrameKey]]):
+    """Yields one batch of instants per training step, each seen from two distinct cameras.
+
+    A batch holds ``round(labelled_fraction * batch_size)`` instants drawn from the labelled
+    pool and fills the rest with instants of **one** training subject (drawn anew each step),
+    so that the metric loss finds hard negatives among time-separated frames of the same
+    person rather than among other people, whom looks alone tell apart.
+
+    Batch ``k`` depends only on (seed, k, rank): a resumed run sees the same batches as an
+    uninterrupted one, and DDP processes see different ones.
+    """
+
+    def __init__(
+        self,
+        labelled: np.ndarray,
+        subject_index: np.ndarray,
+        num_cameras: np.ndarray,
+        batch_size: int,
+        labelled_fraction: float,
+        steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+    ) -> None:
+        self.labelled_pool = np.flatnonzero(labelled)
+        self.by_subject = [np.flatnonzero(subject_index == s) for s in np.unique(subject_index)]
+        self.num_cameras = num_cameras
+        self.batch_size = batch_size
+        self.num_labelled = int(round(labelled_fraction * batch_size))
+        if self.num_labelled and not len(self.labelled_pool):
+            raise InputError("the batch asks for labelled instants but none are labelled")
+        self.steps, self.seed, self.start_step, self.rank = steps, seed, start_step, rank
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def batch(self, step: int) -> list[FrameKey]:
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        chosen = rng.choice(
+            self.labelled_pool,
+            size=self.num_labelled,
+            replace=len(self.labelled_pool) < self.num_labelled,
+        )
+        rest = self.batch_size - self.num_labelled
+        if rest:
+            pool = self.by_subject[rng.integers(len(self.by_subject))]
+            chosen = np.concatenate([chosen, rng.choice(pool, size=rest, replace=len(pool) < rest)])
+        keys = []
+        for index in chosen:
+            views = rng.choice(self.num_cameras[index], size=2, replace=False)
+            keys.append(FrameKey(int(index), (int(views[0]), int(views[1]))))
+        return keys
+
+    def __iter__(self) -> Iterator[list[FrameKey]]:
+        for step in range(self.start_step, self.steps):
+            yield self.batch(step)

@@ -1,0 +1,129 @@
+"""Run a trained model over a dataset and score it (``metricpose evaluate``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metricpose.data.dataset import FrameKey, MultiViewDataset
+from metricpose.metrics import all_metrics
+
+
+@dataclass
+class Predictions:
+    """Outputs for every (instant, camera) of a dataset, flattened to M = instants × cameras.
+
+    pose_pred, pose_gt: (M, 17, 3) root-relative camera-frame mm; embedding (M, D);
+    pose_world: (M, 17, 3) world mm; subject, action, camera, sequence: (M,) str;
+    frame: (M,) int; instant: (M,) index of the instant (same for its cameras);
+    labelled: (M,) bool, whether pose_gt holds a ground-truth pose.
+    """
+
+    pose_pred: np.ndarray
+    pose_gt: np.ndarray
+    pose_world: np.ndarray
+    embedding: np.ndarray
+    subject: np.ndarray
+    action: np.ndarray
+    camera: np.ndarray
+    sequence: np.ndarray
+    frame: np.ndarray
+    instant: np.ndarray
+    labelled: np.ndarray
+    images: np.ndarray | None = None  # (M, S, S, 3) uint8, kept for galleries
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    dataset: MultiViewDataset,
+    frame_stride: int = 1,
+    batch_size: int = 128,
+    keep_images: bool = False,
+    device: str | torch.device = "cpu",
+) -> Predictions:
+    """Predict every camera of every ``frame_stride``-th instant."""
+    model = model.to(device).eval()
+    keys = []
+    for index in range(0, len(dataset), frame_stride):
+        for v in range(int(dataset.num_cameras[index])):
+            keys.append((index, v))
+    out: dict[str, list] = {
+        k: [] for k in ("pose_pred", "pose_gt", "pose_world", "embedding", "images")
+    }
+    for start in range(0, len(keys), batch_size):
+        chunk = keys[start : start + batch_size]
+        samples = [dataset[FrameKey(i, (v,))] for i, v in chunk]
+        images = torch.stack([s["images"][0] for s in samples])
+        result = model(images.to(device))
+        out["pose_pred"].append(result["pose_cam"].cpu().numpy())
+        out["embedding"].append(result["embedding"].cpu().numpy())
+        out["pose_gt"].append(np.stack([s["pose_cam"][0].numpy() for s in samples]))
+        out["pose_world"].append(np.stack([s["pose_world"].numpy() for s in samples]))
+        if keep_images:
+            out["images"].append(images.numpy())
+    index = np.array([i for i, _ in keys])
+    seqs = [dataset.sequences[dataset.seq_index[i]] for i in index]
+    return Predictions(
+        pose_pred=np.concatenate(out["pose_pred"]).astype(np.float64),
+        pose_gt=np.concatenate(out["pose_gt"]).astype(np.float64),
+        pose_world=np.concatenate(out["pose_world"]).astype(np.float64),
+        embedding=np.concatenate(out["embedding"]).astype(np.float32),
+        subject=np.array([s.meta.subject for s in seqs]),
+        action=np.array([s.meta.action for s in seqs]),
+        camera=np.array([s.cameras[v].name for s, (_, v) in zip(seqs, keys, strict=True)]),
+        sequence=np.array([s.name for s in seqs]),
+        frame=dataset.frame_index[index],
+        instant=index,
+        labelled=dataset.labelled[index],
+        images=np.concatenate(out["images"]) if keep_images else None,
+    )
+
+
+def score(pred: Predictions) -> dict:
+    """Overall metrics plus breakdowns per subject, action and camera."""
+    labelled = pred.labelled
+    if not labelled.any():
+        return {"overall": None, "note": "no labelled frames: nothing to score"}
+    p, g = pred.pose_pred[labelled], pred.pose_gt[labelled]
+    result: dict = {"overall": all_metrics(p, g), "count": int(labelled.sum())}
+    for field in ("subject", "action", "camera"):
+        values = getattr(pred, field)[labelled]
+        result[f"per_{field}"] = {
+            str(v): all_metrics(p[values == v], g[values == v]) for v in np.unique(values)
+        }
+    return result
+
+
+def format_table(scores: dict) -> str:
+    """Markdown tables of the overall and per-group metrics."""
+    if scores.get("overall") is None:
+        return scores.get("note", "")
+    head = "| group | MPJPE | N-MPJPE | PA-MPJPE | PCK@150 | AUC |\n|---|---|---|---|---|---|\n"
+
+    def row(name: str, m: dict) -> str:
+        return f"| {name} | {m['mpjpe']:.1f} | {m['n_mpjpe']:.1f} | {m['pa_mpjpe']:.1f} | {100 * m['pck150']:.1f} | {100 * m['auc']:.1f} |\n"
+
+    lines = [
+        f"All {scores['count']} crops (mm; PCK and AUC in %):\n\n",
+        head,
+        row("all", scores["overall"]),
+    ]
+    for field in ("subject", "action", "camera"):
+        lines.append(f"\nPer {field}:\n\n{head}")
+        lines.extend(row(name, m) for name, m in scores[f"per_{field}"].items())
+    return "".join(lines)
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, data: Path, subjects: list[str] | None, frame_stride: int = 1
+) -> dict:
+    from metricpose.checkpoint import load_model
+
+    model, config = load_model(checkpoint)
+    subjects = subjects or config["data"]["test_subjects"]
+    dataset = MultiViewDataset(data, subjects=subjects, num_views=1)
+    return score(predict(model, dataset, frame_stride=frame_stride))

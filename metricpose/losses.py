@@ -1,0 +1,171 @@
+"""Training losses: 3D pose, multi-view metric learning, identity adversary."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def pose_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
+    """3D pose loss over (B, 17, 3) mm poses.
+
+    ``l2``: mean per-joint Euclidean distance (MPJPE); ``l1``: mean absolute coordinate error.
+    An empty batch gives 0 (with a gradient path), so unlabelled-only steps are fine.
+    """
+    if pred.shape[0] == 0:
+        return pred.sum() * 0.0
+    if kind == "l2":
+        return torch.linalg.norm(pred - target, dim=-1).mean()
+    if kind == "l1":
+        return (pred - target).abs().mean()
+    raise ValueError(f"unknown pose loss {kind!r}; expected 'l2' or 'l1'")
+
+
+def negative_mask(
+    sequence: torch.Tensor,
+    frame: torch.Tensor,
+    subject: torch.Tensor,
+    time_window: int,
+    same_subject_only: bool,
+    sequence_other: torch.Tensor | None = None,
+    frame_other: torch.Tensor | None = None,
+    subject_other: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, B') bool: which instants may serve as negatives for each anchor.
+
+    An instant is never a negative for itself or for frames of its own sequence closer than
+    ``time_window`` frames (they may show the same pose). With ``same_subject_only``,
+    negatives come from the anchor's own subject only: other people can be told apart by
+    their looks alone, which teaches identity instead of pose.
+    """
+    sequence_other = sequence if sequence_other is None else sequence_other
+    frame_other = frame if frame_other is None else frame_other
+    subject_other = subject if subject_other is None else subject_other
+    near = (sequence[:, None] == sequence_other[None]) & (
+        (frame[:, None] - frame_other[None]).abs() < time_window
+    )
+    mask = ~near
+    if same_subject_only:
+        mask &= subject[:, None] == subject_other[None]
+    return mask
+
+
+def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every DDP process (the local part keeps its gradient)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def multiview_metric_loss(
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    sequence: torch.Tensor,
+    frame: torch.Tensor,
+    subject: torch.Tensor,
+    margin: float = 0.5,
+    time_window: int = 10,
+    same_subject_only: bool = True,
+    kind: str = "hardnet",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Metric loss between embeddings of the same instants seen from two cameras.
+
+    Args:
+        anchor, positive: (B, D) embeddings of instant i from camera a and camera b.
+        sequence, frame, subject: (B,) ids of each instant.
+        margin: required gap between positive and negative distances (Euclidean, on the
+            unit sphere, so in [0, 2]).
+        kind: ``hardnet`` — triplet margin loss with the hardest valid negative per anchor,
+            taken over both directions (a_i vs p_j and a_j vs p_i, as in HardNet);
+            ``contrastive`` — squared positive distance plus squared hinge on every valid
+            negative pair.
+
+    Under DDP, the other processes' embeddings (and ids) join the pool of negatives.
+
+    Returns:
+        the loss and diagnostics: mean positive distance, mean hardest-negative distance and
+        the share of anchors that had a valid negative.
+    """
+    all_pos = _gather_with_grad(positive)
+    all_anchor = _gather_with_grad(anchor)
+    ids = [_gather_with_grad(x) for x in (sequence, frame, subject)]
+    rank_offset = 0
+    if all_pos.shape[0] != positive.shape[0]:
+        rank_offset = dist.get_rank() * positive.shape[0]
+    B = anchor.shape[0]
+    local = torch.arange(B, device=anchor.device) + rank_offset
+
+    valid = negative_mask(sequence, frame, subject, time_window, same_subject_only, *ids)
+    valid[torch.arange(B), local] = False
+    d_ap = torch.cdist(anchor, all_pos)  # (B, B_all): a_i vs p_j
+    d_pa = torch.cdist(positive, all_anchor)  # (B, B_all): p_i vs a_j
+    d_pos = (anchor - positive).norm(dim=-1)
+    has_negative = valid.any(dim=1)
+    stats = {"d_pos": d_pos.mean().detach(), "valid_share": has_negative.float().mean()}
+    if not has_negative.any():
+        stats["d_neg"] = torch.tensor(float("nan"), device=anchor.device)
+        return anchor.sum() * 0.0, stats
+
+    if kind == "hardnet":
+        inf = torch.finfo(d_ap.dtype).max
+        hardest = torch.minimum(
+            d_ap.masked_fill(~valid, inf).min(1).values, d_pa.masked_fill(~valid, inf).min(1).values
+        )
+        loss = torch.relu(margin + d_pos - hardest)[has_negative].mean()
+        stats["d_neg"] = hardest[has_negative].mean().detach()
+    elif kind == "contrastive":
+        neg = torch.relu(margin - torch.cat([d_ap[valid], d_pa[valid]])) ** 2
+        loss = (d_pos**2).mean() + neg.mean()
+        stats["d_neg"] = d_ap[valid].mean().detach()
+    else:
+        raise ValueError(f"unknown metric loss {kind!r}; expected 'hardnet' or 'contrastive'")
+    return loss, stats
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coefficient: float) -> torch.Tensor:
+        ctx.coefficient = coefficient
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.coefficient * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by ``-coefficient`` backward (Ganin & Lempitsky)."""
+    return _ReverseGradient.apply(x, coefficient)
+
+
+def adversary_coefficient(step: int, warmup_steps: int) -> float:
+    """DANN's schedule 2 / (1 + exp(-10 p)) - 1 over the warm-up, then 1."""
+    if warmup_steps <= 0:
+        return 1.0
+    p = min(1.0, step / warmup_steps)
+    return float(2.0 / (1.0 + torch.exp(torch.tensor(-10.0 * p))) - 1.0)
+
+
+class IdentityAdversary(nn.Module):
+    """Subject classifier on the embedding behind gradient reversal.
+
+    The classifier learns to recognise the subject; the reversed gradient teaches the
+    embedding to hide it. ``forward`` returns the cross-entropy and the accuracy.
+    """
+
+    def __init__(self, embedding_dim: int, num_subjects: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(
+            nn.Linear(embedding_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_subjects)
+        )
+
+    def forward(
+        self, embedding: torch.Tensor, subject: torch.Tensor, coefficient: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(reverse_gradient(embedding, coefficient))
+        loss = nn.functional.cross_entropy(logits, subject)
+        accuracy = (logits.argmax(-1) == subject).float().mean()
+        return loss, accuracy

@@ -1,0 +1,104 @@
+"""3D pose metrics (millimetres), following the standard definitions.
+
+* MPJPE: mean Euclidean joint error after aligning the roots (Protocol #1).
+* N-MPJPE: MPJPE after the per-sample least-squares scale of the prediction (Rhodin et al.
+  2018), as VideoPose3D's ``n_mpjpe``.
+* PA-MPJPE: MPJPE after similarity Procrustes alignment — rotation, uniform scale and
+  translation, reflections excluded (Protocol #2), as VideoPose3D's ``p_mpjpe`` and mmpose's
+  ``keypoint_mpjpe(alignment="procrustes")``.
+* PCK@150 mm and AUC over thresholds 0-150 mm (MPI-INF-3DHP convention), after root alignment.
+
+All take arrays (N, J, 3) in mm and return a float (the mean over samples and joints);
+the ``*_per_sample`` functions return (N,).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from metricpose.errors import InputError
+from metricpose.skeleton import ROOT
+
+
+def _check(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
+        raise InputError(f"poses must both have shape (N, J, 3); got {pred.shape} and {gt.shape}")
+    if not (np.isfinite(pred).all() and np.isfinite(gt).all()):
+        raise InputError("poses contain NaN or Inf")
+    return pred, gt
+
+
+def _root_align(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return pred - pred[:, ROOT : ROOT + 1], gt - gt[:, ROOT : ROOT + 1]
+
+
+def mpjpe_per_sample(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    pred, gt = _root_align(*_check(pred, gt))
+    return np.linalg.norm(pred - gt, axis=-1).mean(-1)
+
+
+def n_mpjpe_per_sample(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    pred, gt = _root_align(*_check(pred, gt))
+    scale = (pred * gt).sum((1, 2)) / np.maximum((pred * pred).sum((1, 2)), 1e-12)
+    return np.linalg.norm(scale[:, None, None] * pred - gt, axis=-1).mean(-1)
+
+
+def procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Align each pred (N, J, 3) to gt by the best rotation (no reflection), uniform scale and
+    translation in the least-squares sense. Rotations come from scipy's Kabsch solver."""
+    pred, gt = _check(pred, gt)
+    mu_p, mu_g = pred.mean(1, keepdims=True), gt.mean(1, keepdims=True)
+    p0, g0 = pred - mu_p, gt - mu_g
+    aligned = np.empty_like(pred)
+    for i in range(len(pred)):
+        rotation, _ = Rotation.align_vectors(g0[i], p0[i])  # proper rotation: det = +1
+        rotated = rotation.apply(p0[i])
+        scale = (rotated * g0[i]).sum() / max((p0[i] ** 2).sum(), 1e-12)
+        aligned[i] = scale * rotated + mu_g[i]
+    return aligned
+
+
+def pa_mpjpe_per_sample(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    pred, gt = _check(pred, gt)
+    return np.linalg.norm(procrustes_align(pred, gt) - gt, axis=-1).mean(-1)
+
+
+def mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean per-joint position error (mm) after root alignment."""
+    return float(mpjpe_per_sample(pred, gt).mean())
+
+
+def n_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
+    """MPJPE after the least-squares scale of each prediction (mm)."""
+    return float(n_mpjpe_per_sample(pred, gt).mean())
+
+
+def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
+    """MPJPE after similarity Procrustes alignment of each prediction (mm)."""
+    return float(pa_mpjpe_per_sample(pred, gt).mean())
+
+
+def pck(pred: np.ndarray, gt: np.ndarray, threshold_mm: float = 150.0) -> float:
+    """Share of joints within ``threshold_mm`` after root alignment (0-1)."""
+    pred, gt = _root_align(*_check(pred, gt))
+    return float((np.linalg.norm(pred - gt, axis=-1) <= threshold_mm).mean())
+
+
+def auc(pred: np.ndarray, gt: np.ndarray, max_mm: float = 150.0, steps: int = 31) -> float:
+    """Mean PCK over ``steps`` thresholds evenly spaced in [0, max_mm] (0-1; 3DHP uses 31)."""
+    pred, gt = _root_align(*_check(pred, gt))
+    err = np.linalg.norm(pred - gt, axis=-1)
+    return float(np.mean([(err <= t).mean() for t in np.linspace(0, max_mm, steps)]))
+
+
+def all_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Every metric above for the same inputs."""
+    return {
+        "mpjpe": mpjpe(pred, gt),
+        "n_mpjpe": n_mpjpe(pred, gt),
+        "pa_mpjpe": pa_mpjpe(pred, gt),
+        "pck150": pck(pred, gt),
+        "auc": auc(pred, gt),
+    }

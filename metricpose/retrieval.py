@@ -1,0 +1,198 @@
+"""View-invariant pose retrieval benchmark (``metricpose retrieval``).
+
+Protocol: every camera takes a turn as the query camera. Queries are (sub-sampled) frames of
+the evaluation subjects seen from that camera; the database holds the same subjects' frames
+seen from every *other* camera, so the query's own view is never in it. A good pose embedding
+retrieves the same instant, or the same pose, from another viewpoint.
+
+Scores, for k in (1, 5, 10, 20):
+* mean PA-MPJPE@k (mm): the PA-MPJPE between the query's true 3D pose and each of its top-k
+  retrievals' true poses, averaged over the k and over queries (lower is better);
+* Hit@k: share of queries with at least one of the top-k retrievals within the pose threshold:
+  NP-MPJPE ≤ 0.1, the PA-MPJPE between poses first centred on the pelvis and scaled to unit
+  root-mean-square joint distance (a scale-free pose distance in the spirit of Pr-VIPE's;
+  the threshold is configurable).
+
+The cross-subject variant restricts the database to other subjects than the query's, and the
+share of top-1 retrievals from the query's own subject (in the standard variant) shows how
+much the embedding finds the person rather than the pose.
+Reference rows: an oracle that retrieves by true 3D pose, and random retrieval.
+Nearest neighbours come from FAISS (exact L2 index, or IVF for large databases).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from metricpose.errors import InputError
+from metricpose.evaluate import Predictions
+from metricpose.metrics import pa_mpjpe_per_sample
+from metricpose.models.posenet import body_frame
+
+KS = (1, 5, 10, 20)
+
+
+def build_index(vectors: np.ndarray, ivf_lists: int = 0) -> faiss.Index:
+    """An exact L2 index, or an IVF-Flat one with ``ivf_lists`` lists when > 0."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    d = vectors.shape[1]
+    if ivf_lists <= 0:
+        index = faiss.IndexFlatL2(d)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, ivf_lists)
+        index.train(vectors)
+        index.nprobe = max(1, ivf_lists // 8)
+    index.add(vectors)
+    return index
+
+
+def search(database: np.ndarray, queries: np.ndarray, k: int, ivf_lists: int = 0) -> np.ndarray:
+    """(Q, k) database row indices of each query's k nearest neighbours, nearest first."""
+    k = min(k, len(database))
+    _, idx = build_index(database, ivf_lists).search(
+        np.ascontiguousarray(queries, dtype=np.float32), k
+    )
+    return idx
+
+
+def normalise_pose(poses: np.ndarray) -> np.ndarray:
+    """Centre (N, 17, 3) poses on the pelvis and scale each to unit RMS joint distance."""
+    centred = poses - poses[:, :1]
+    rms = np.sqrt((centred**2).sum(-1).mean(-1))
+    return centred / np.maximum(rms, 1e-9)[:, None, None]
+
+
+@dataclass
+class RetrievalSet:
+    """Which rows of a Predictions serve as queries and which as database, for one query
+    camera (and, in the cross-subject variant, one query subject)."""
+
+    label: str
+    queries: np.ndarray  # row indices
+    database: np.ndarray
+
+
+def protocol(
+    pred: Predictions, query_stride: int = 1, cross_subject: bool = False
+) -> list[RetrievalSet]:
+    """Query/database splits, one per query camera (see the module docstring)."""
+    sets = []
+    for camera in np.unique(pred.camera):
+        q = np.flatnonzero(pred.camera == camera)
+        q = q[np.argsort(pred.instant[q], kind="stable")][::query_stride]
+        db = np.flatnonzero(pred.camera != camera)
+        if cross_subject:
+            sets.extend(
+                RetrievalSet(f"{camera}/{s}", q[pred.subject[q] == s], db[pred.subject[db] != s])
+                for s in np.unique(pred.subject[q])
+                if (pred.subject[db] != s).any()
+            )
+        else:
+            sets.append(RetrievalSet(camera, q, db))
+    return sets
+
+
+def _scores(
+    pred: Predictions, sets: list[RetrievalSet], neighbours: list[np.ndarray], threshold: float
+) -> dict[str, float]:
+    pa_at = {k: [] for k in KS}
+    hits = {k: [] for k in KS}
+    own_subject = []
+    for rs, nn in zip(sets, neighbours, strict=True):
+        kmax = nn.shape[1]
+        q_pose = np.repeat(pred.pose_gt[rs.queries], kmax, axis=0)
+        r_pose = pred.pose_gt[rs.database[nn.ravel()]]
+        pa = pa_mpjpe_per_sample(r_pose, q_pose).reshape(len(rs.queries), kmax)
+        np_pa = pa_mpjpe_per_sample(normalise_pose(r_pose), normalise_pose(q_pose)).reshape(
+            len(rs.queries), kmax
+        )
+        for k in KS:
+            kk = min(k, kmax)
+            pa_at[k].append(pa[:, :kk].mean(1))
+            hits[k].append((np_pa[:, :kk] <= threshold).any(1))
+        own_subject.append(pred.subject[rs.database[nn[:, 0]]] == pred.subject[rs.queries])
+    out = {f"mean_pa_mpjpe@{k}": float(np.concatenate(pa_at[k]).mean()) for k in KS}
+    out.update({f"hit@{k}": float(np.concatenate(hits[k]).mean()) for k in KS})
+    out["top1_same_subject"] = float(np.concatenate(own_subject).mean())
+    out["queries"] = int(sum(len(rs.queries) for rs in sets))
+    return out
+
+
+def evaluate_retrieval(
+    pred: Predictions,
+    query_stride: int = 1,
+    threshold: float = 0.1,
+    cross_subject: bool = False,
+    ivf_lists: int = 0,
+    seed: int = 0,
+    sets: list[RetrievalSet] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Scores of the embedding and of the oracle and random reference rows, on ``sets`` (from
+    a key file) or on the protocol's own splits."""
+    if not pred.labelled.all():
+        raise InputError("retrieval scoring needs ground-truth 3D poses for every evaluated frame")
+    sets = sets if sets is not None else protocol(pred, query_stride, cross_subject)
+    if not sets:
+        raise InputError(
+            "retrieval needs at least two cameras (and two subjects for the cross-subject variant)"
+        )
+    kmax = max(KS)
+    emb = [
+        search(pred.embedding[rs.database], pred.embedding[rs.queries], kmax, ivf_lists)
+        for rs in sets
+    ]
+    # Oracle: nearest by the true pose itself, in the body-centred frame (no view, no heading).
+    gt = torch.as_tensor(pred.pose_gt)
+    flat = (gt @ body_frame(gt)).reshape(len(gt), -1).numpy()
+    oracle = [search(flat[rs.database], flat[rs.queries], kmax) for rs in sets]
+    rng = np.random.default_rng(seed)
+    random = [
+        rng.integers(len(rs.database), size=(len(rs.queries), min(kmax, len(rs.database))))
+        for rs in sets
+    ]
+    return {
+        "embedding": _scores(pred, sets, emb, threshold),
+        "oracle_3d": _scores(pred, sets, oracle, threshold),
+        "random": _scores(pred, sets, random, threshold),
+    }
+
+
+def write_keys(path: Path, pred: Predictions, sets: list[RetrievalSet]) -> None:
+    """Write the evaluated (query, database) frame keys as text, one line per key:
+    ``query|database <set label> <sequence> <frame> <camera>``."""
+    lines = []
+    for rs in sets:
+        for role, rows in (("query", rs.queries), ("database", rs.database)):
+            lines.extend(
+                f"{role} {rs.label} {pred.sequence[i]} {pred.frame[i]} {pred.camera[i]}"
+                for i in rows
+            )
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_keys(path: Path, pred: Predictions) -> list[RetrievalSet]:
+    """Rebuild retrieval sets from a key file written by :func:`write_keys`."""
+    row = {
+        (s, int(f), c): i
+        for i, (s, f, c) in enumerate(zip(pred.sequence, pred.frame, pred.camera, strict=True))
+    }
+    grouped: dict[str, dict[str, list[int]]] = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 5 or parts[0] not in ("query", "database"):
+            raise InputError(
+                f"{path}:{n}: expected 'query|database <set label> <sequence> <frame> <camera>'"
+            )
+        key = (parts[2], int(parts[3]), parts[4])
+        if key not in row:
+            raise InputError(f"{path}:{n}: frame {key} is not in the evaluated data")
+        grouped.setdefault(parts[1], {"query": [], "database": []})[parts[0]].append(row[key])
+    return [
+        RetrievalSet(label, np.array(g["query"]), np.array(g["database"]))
+        for label, g in grouped.items()
+    ]

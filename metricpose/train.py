@@ -1,0 +1,355 @@
+"""Semi-supervised training with Lightning (``metricpose train``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, default_collate
+
+from metricpose.checkpoint import AtomicCheckpointIO, build_model, safe_load, save_model
+from metricpose.config import parse_labels
+from metricpose.data.dataset import FrameKey, MultiViewDataset
+from metricpose.data.sampler import MixedBatchSampler
+from metricpose.errors import InputError
+from metricpose.losses import (
+    IdentityAdversary,
+    adversary_coefficient,
+    multiview_metric_loss,
+    pose_loss,
+)
+from metricpose.models.posenet import body_frame
+
+
+class NonFiniteLossError(InputError):
+    """A loss term became NaN or Inf; the message names the step, the term and the batch."""
+
+
+def labelled_instants(
+    dataset: MultiViewDataset, spec: str, train_subjects: list[str], seed: int
+) -> np.ndarray:
+    """(N,) bool: instants whose 3D labels the protocol lets training use.
+
+    ``S1`` / ``S1,S5``: every labelled instant of those subjects. ``fraction:f``: a seeded
+    random share f of every labelled sequence's instants (so labels spread over sequences).
+    """
+    kind, value = parse_labels(spec, train_subjects)
+    has_label = dataset.labelled.copy()
+    if kind == "subjects":
+        allowed = np.isin(np.array(dataset.subjects)[dataset.subject_index], value)
+        return has_label & allowed
+    rng = np.random.default_rng([seed, 7])
+    chosen = np.zeros(len(dataset), dtype=bool)
+    for seq in np.unique(dataset.seq_index):
+        idx = np.flatnonzero((dataset.seq_index == seq) & has_label)
+        if len(idx):
+            chosen[rng.choice(idx, size=max(1, int(round(value * len(idx)))), replace=False)] = True
+    return chosen
+
+
+def colour_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random channel order and per-channel gains (0.6-1.4) per image, so that clothing
+    colour cannot identify a person. (B, S, S, 3) 0-255 -> float (B, S, S, 3)."""
+    B = images.shape[0]
+    perm = torch.argsort(torch.rand(B, 3, generator=generator), dim=1).to(images.device)
+    gains = (0.6 + 0.8 * torch.rand(B, 1, 1, 3, generator=generator)).to(images.device)
+    shuffled = torch.gather(
+        images.float(), 3, perm[:, None, None, :].expand(-1, *images.shape[1:3], -1)
+    )
+    return (shuffled * gains).clamp(0, 255)
+
+
+def collate_keys(dataset: MultiViewDataset):
+    def collate(keys: list[FrameKey]) -> dict[str, torch.Tensor]:
+        return default_collate([dataset[k] for k in keys])
+
+    return collate
+
+
+class PoseModule(L.LightningModule):
+    """The network, its losses and its optimiser."""
+
+    def __init__(
+        self, config: dict[str, Any], num_subjects: int, supervised: np.ndarray | None = None
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters("config", "num_subjects")
+        self.config = config
+        self.model = build_model(config)
+        loss = config["loss"]
+        self.adversary = (
+            IdentityAdversary(config["model"]["embedding_dim"], num_subjects)
+            if loss["adversarial_weight"] > 0
+            else None
+        )
+        # Which instants may use their 3D label (the protocol), by dataset index.
+        self.register_buffer(
+            "supervised",
+            torch.as_tensor(supervised if supervised is not None else np.zeros(0, bool)),
+            persistent=False,
+        )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Seed every step from (seed, step): dropout and augmentation are then the same in a
+        # resumed run as in an uninterrupted one.
+        torch.manual_seed(self.config["seed"] * 1_000_003 + self.global_step)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        cfg = self.config["loss"]
+        B = batch["images"].shape[0]
+        images = batch["images"].flatten(0, 1)  # (2B, S, S, 3): instant-major, views inner
+        if self.config["augment"]["colour"]:
+            g = torch.Generator().manual_seed(self.config["seed"] * 7919 + self.global_step)
+            images = colour_augment(images, g)
+        out = self.model(images)
+        terms: dict[str, torch.Tensor] = {}
+
+        sup = self.supervised[batch["index"]].repeat_interleave(2)
+        gt = batch["pose_cam"].flatten(0, 1)[sup]
+        terms["pose"] = pose_loss(out["pose_cam"][sup], gt, cfg["pose"])
+        if "pose_body" in out and sup.any():
+            gt_body = gt @ body_frame(gt)
+            terms["pose"] = terms["pose"] + pose_loss(out["pose_body"][sup], gt_body, cfg["pose"])
+        total = cfg["pose_weight"] * terms["pose"]
+
+        emb = out["embedding"].view(B, 2, -1)
+        if cfg["metric_weight"] > 0:
+            terms["metric"], stats = multiview_metric_loss(
+                emb[:, 0], emb[:, 1], batch["sequence"], batch["frame"], batch["subject"],
+                margin=cfg["margin"], time_window=cfg["time_window"],
+                same_subject_only=cfg["negatives"] == "same_subject", kind=cfg["metric"],
+            )  # fmt: skip
+            total = total + cfg["metric_weight"] * terms["metric"]
+            self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=B)
+        if self.adversary is not None:
+            coefficient = adversary_coefficient(self.global_step, cfg["adversarial_warmup_steps"])
+            terms["adversarial"], accuracy = self.adversary(
+                out["embedding"], batch["subject"].repeat_interleave(2), coefficient
+            )
+            total = total + cfg["adversarial_weight"] * terms["adversarial"]
+            self.log("train/identity_acc", accuracy, on_step=True, batch_size=B)
+
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                ids = ", ".join(
+                    f"seq {s}:frame {f}"
+                    for s, f in zip(
+                        batch["sequence"].tolist()[:8], batch["frame"].tolist()[:8], strict=True
+                    )
+                )
+                message = f"step {self.global_step}: loss term '{name}' is {value.item()} (batch instants: {ids}, ...)"
+                if self.config["train"]["nonfinite"] == "skip":
+                    self.print(f"skipping batch: {message}")
+                    return None
+                raise NonFiniteLossError(
+                    message
+                    + "; the weights were not updated. Set train.nonfinite=skip to skip such batches."
+                )
+        self.log_dict(
+            {f"train/{k}": v for k, v in terms.items()}, on_step=True, prog_bar=True, batch_size=B
+        )
+        self.log("train/loss", total, on_step=True, batch_size=B)
+        return total
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.model(batch["images"].flatten(0, 1))
+        err = torch.linalg.norm(out["pose_cam"] - batch["pose_cam"].flatten(0, 1), dim=-1).mean()
+        self.log("val/mpjpe", err, batch_size=batch["images"].shape[0], prog_bar=True)
+
+    def configure_optimizers(self):
+        t = self.config["train"]
+        optimizer = torch.optim.AdamW(self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=t["lr"], total_steps=t["steps"], pct_start=0.05, final_div_factor=20
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def _pose_statistics(
+    dataset: MultiViewDataset, supervised: np.ndarray, frame: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (17, 3) mm of the supervised targets, over all their camera views."""
+    poses = []
+    for index in np.flatnonzero(supervised):
+        views = tuple(range(int(dataset.num_cameras[index])))
+        poses.append(dataset[FrameKey(int(index), views)]["pose_cam"])
+    cam = torch.cat(poses).double()
+    target = cam @ body_frame(cam) if frame == "body" else cam
+    return target.mean(0).float(), target.std(0).clamp(min=1.0).float()
+
+
+def _trainer_options(config: dict[str, Any]) -> dict[str, Any]:
+    t = config["train"]
+    accelerator = "gpu" if t["accelerator"] == "cuda" else t["accelerator"]
+    on_gpu = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    precision = (
+        t["precision"] if t["precision"] != "auto" else ("16-mixed" if on_gpu else "32-true")
+    )
+    return {
+        "accelerator": accelerator,
+        "devices": t["devices"],
+        "num_nodes": t["num_nodes"],
+        "precision": precision,
+        "strategy": "ddp" if t["devices"] * t["num_nodes"] > 1 else "auto",
+    }
+
+
+def check_output_folder(out: Path, needed_mb: float = 200.0) -> None:
+    """Fail before training if the output folder cannot be written or the disk is nearly full."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write-test"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    free_mb = shutil.disk_usage(out).free / 2**20
+    if free_mb < needed_mb:
+        raise OSError(
+            f"{out}: only {free_mb:.0f} MB free; training needs about {needed_mb:.0f} MB for checkpoints and logs"
+        )
+
+
+def train(
+    config: dict[str, Any], out: Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train as the config says; write checkpoints, logs, config.yaml and model.pt under ``out``.
+
+    Returns a summary with the final step, the training time and the path of model.pt.
+    """
+    out = Path(out)
+    if config["data"]["root"] is None:
+        raise InputError("no dataset given: set data.root (metricpose train --data DIR)")
+    check_output_folder(out)
+    if config["train"]["threads"]:
+        torch.set_num_threads(config["train"]["threads"])
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    data = config["data"]
+    dataset = MultiViewDataset(
+        data["root"], subjects=data["train_subjects"], frame_stride=data["frame_stride"]
+    )
+    labelled = labelled_instants(dataset, data["labels"], data["train_subjects"], config["seed"])
+    # Hold out every 10th labelled instant for validation (model selection only).
+    val_pool = np.flatnonzero(labelled)[::10]
+    supervised = labelled.copy()
+    supervised[val_pool] = False
+    if not supervised.any():
+        raise InputError(
+            f"{data['root']}: no labelled training instants for data.labels={data['labels']!r}"
+        )
+
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    start_step = 0
+    if resume and last.exists():
+        start_step = int(safe_load(last)["global_step"])
+    elif not resume and last.exists():
+        raise FileExistsError(
+            f"{out}: holds a previous run; pass --resume to continue it or choose another --out"
+        )
+
+    module = PoseModule(config, num_subjects=len(dataset.subjects), supervised=supervised)
+    if start_step == 0:
+        mean, std = _pose_statistics(dataset, supervised, config["model"]["pose_frame"])
+        module.model.pose_mean.copy_(mean)
+        module.model.pose_std.copy_(std)
+    options = _trainer_options(config)
+    # Lightning launches the other DDP processes itself (or torchrun does); each must draw its
+    # own batches, so the rank is read from their environment before the Trainer exists.
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank = int(
+        os.environ.get(
+            "RANK", int(os.environ.get("NODE_RANK", 0)) * options["devices"] + local_rank
+        )
+    )
+    sampler = MixedBatchSampler(
+        supervised, dataset.subject_index, dataset.num_cameras, config["batch"]["size"],
+        config["batch"]["labelled_fraction"], config["train"]["steps"], config["seed"],
+        start_step=start_step, rank=rank,
+    )  # fmt: skip
+    workers = data["num_workers"]
+    loader_args = {
+        "collate_fn": collate_keys(dataset),
+        "num_workers": workers,
+        "persistent_workers": workers > 0,
+    }
+    train_loader = DataLoader(list(sampler), batch_size=None, **loader_args)
+    val_rng = np.random.default_rng([config["seed"], 11])
+    val_keys = [
+        FrameKey(int(i), (0, 1))
+        for i in val_rng.permutation(val_pool)[: config["train"]["val_frames"]]
+    ]
+    val_loader = DataLoader(val_keys, batch_size=64, **loader_args)
+
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    every = config["train"]["val_every"]
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step{step:06d}",
+            every_n_train_steps=every,
+            save_last=True,
+            save_top_k=0,
+            auto_insert_metric_name=False,
+        ),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor="val/mpjpe",
+            mode="min",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+        ),
+    ]
+    trainer = L.Trainer(
+        max_steps=config["train"]["steps"],
+        max_epochs=-1,
+        val_check_interval=min(every, config["train"]["steps"]),
+        check_val_every_n_epoch=None,
+        gradient_clip_val=config["train"]["grad_clip"] or None,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(out, name="logs", version=""),
+            TensorBoardLogger(out, name="tensorboard", version=""),
+        ],
+        log_every_n_steps=config["train"]["log_every"],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+        **options,
+    )
+    began = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if start_step else None)
+    seconds = time.perf_counter() - began
+    summary = {
+        "steps": trainer.global_step,
+        "train_seconds": seconds,
+        "subjects": dataset.subjects,
+        "model": str(out / "model.pt"),
+    }
+    if trainer.is_global_zero:
+        save_model(
+            out / "model.pt",
+            module.model.state_dict(),
+            config,
+            dataset.subjects,
+            trainer.global_step,
+        )
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+
+from metricpose.losses import (
+    IdentityAdversary,
+    adversary_coefficient,
+    multiview_metric_loss,
+    negative_mask,
+    pose_loss,
+    reverse_gradient,
+)
+
+
+def unit(*v):
+    return torch.nn.functional.normalize(torch.tensor(v, dtype=torch.float32), dim=-1)
+
+
+def test_pose_loss_hand_computed():
+    pred = torch.zeros(2, 17, 3)
+    gt = torch.zeros(2, 17, 3)
+    gt[0, 5] = torch.tensor([3.0, 4.0, 0.0])  # one joint 5 mm away
+    assert pose_loss(pred, gt, "l2").item() == pytest.approx(5 / 34)
+    assert pose_loss(pred, gt, "l1").item() == pytest.approx(7 / 102)
+    empty = torch.zeros(0, 17, 3, requires_grad=True)
+    assert pose_loss(empty, empty.detach()).item() == 0.0
+
+
+def test_negative_mask_excludes_self_near_frames_and_other_subjects():
+    seq = torch.tensor([0, 0, 0, 1])
+    frame = torch.tensor([0, 5, 30, 0])
+    subject = torch.tensor([0, 0, 0, 1])
+    mask = negative_mask(seq, frame, subject, time_window=10, same_subject_only=True)
+    expected = torch.tensor(
+        [[0, 0, 1, 0], [0, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]],
+        dtype=torch.bool,
+    )
+    assert torch.equal(mask, expected)
+    mask_any = negative_mask(seq, frame, subject, time_window=10, same_subject_only=False)
+    assert mask_any[0, 3] and mask_any[3, 0] and not mask_any[0, 1]
+
+
+def test_hardnet_loss_hand_computed():
+    # Two instants of one sequence, far apart in time. Anchors and positives in 2D.
+    a = torch.stack([unit(1.0, 0.0), unit(0.0, 1.0)])
+    p = torch.stack([unit(1.0, 0.2), unit(1.0, 1.0)])
+    ids = dict(
+        sequence=torch.tensor([0, 0]), frame=torch.tensor([0, 100]), subject=torch.tensor([0, 0])
+    )
+    loss, stats = multiview_metric_loss(a, p, margin=0.5, time_window=10, **ids)
+    d = torch.cdist(a, p)
+    d_pos = torch.diagonal(d)
+    # Hardest negative of anchor 0: min(d(a0, p1), d(a1, p0)); of anchor 1: min(d(a1, p0), d(a0, p1)).
+    hardest = torch.minimum(d[0, 1], d[1, 0])
+    expected = (torch.relu(0.5 + d_pos[0] - hardest) + torch.relu(0.5 + d_pos[1] - hardest)) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert stats["valid_share"].item() == 1.0
+
+
+def test_metric_loss_has_no_negatives_within_the_time_window():
+    a = torch.randn(3, 8)
+    ids = dict(
+        sequence=torch.zeros(3, dtype=torch.long),
+        frame=torch.tensor([0, 1, 2]),
+        subject=torch.zeros(3, dtype=torch.long),
+    )
+    loss, stats = multiview_metric_loss(a, a + 0.1, time_window=10, **ids)
+    assert loss.item() == 0.0 and stats["valid_share"].item() == 0.0
+
+
+def test_contrastive_loss_hand_computed():
+    a = torch.stack([unit(1.0, 0.0), unit(0.0, 1.0)])
+    p = a.clone()
+    ids = dict(
+        sequence=torch.tensor([0, 1]), frame=torch.tensor([0, 0]), subject=torch.tensor([0, 0])
+    )
+    loss, _ = multiview_metric_loss(a, p, margin=2.0, kind="contrastive", **ids)
+    # Positives coincide; both negative pairs are at distance sqrt(2): (2 - sqrt 2)^2 each.
+    assert loss.item() == pytest.approx((2 - math.sqrt(2)) ** 2, rel=1e-5)
+
+
+def test_metric_loss_pulls_views_together():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(16, 8))
+    p = torch.nn.Parameter(torch.randn(16, 8))
+    ids = dict(
+        sequence=torch.zeros(16, dtype=torch.long),
+        frame=torch.arange(16) * 20,
+        subject=torch.zeros(16, dtype=torch.long),
+    )
+    opt = torch.optim.Adam([a, p], lr=0.05)
+    first = None
+    for _ in range(200):
+        loss, _ = multiview_metric_loss(
+            torch.nn.functional.normalize(a, dim=-1),
+            torch.nn.functional.normalize(p, dim=-1),
+            **ids,
+        )
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 < first
+
+
+def test_gradient_reversal_and_schedule():
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+    assert adversary_coefficient(0, 100) == 0.0
+    assert adversary_coefficient(100, 100) == pytest.approx(2 / (1 + math.exp(-10)) - 1)
+    assert adversary_coefficient(50, 0) == 1.0
+
+
+def test_identity_adversary_learns_the_subject_while_the_embedding_gets_reversed_gradient():
+    torch.manual_seed(0)
+    emb = torch.randn(64, 16)
+    subject = (emb[:, 0] > 0).long()  # identity is linearly visible
+    adversary = IdentityAdversary(16, 2, hidden=32)
+    opt = torch.optim.Adam(adversary.parameters(), lr=0.01)
+    for _ in range(200):
+        loss, acc = adversary(emb, subject, 1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert acc.item() > 0.95
+    e = emb.clone().requires_grad_(True)
+    loss, _ = adversary(e, subject, 1.0)
+    loss.backward()
+    e_plain = emb.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(adversary.classifier(e_plain), subject).backward()
+    torch.testing.assert_close(e.grad, -e_plain.grad)

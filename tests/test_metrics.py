@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+
+from metricpose import metrics
+from metricpose.errors import InputError
+
+
+def videopose3d_p_mpjpe(predicted, target):
+    """The formula of VideoPose3D's common/loss.py p_mpjpe (SVD, reflections removed)."""
+    muX, muY = target.mean(1, keepdims=True), predicted.mean(1, keepdims=True)
+    X0, Y0 = target - muX, predicted - muY
+    normX = np.sqrt((X0**2).sum((1, 2), keepdims=True))
+    normY = np.sqrt((Y0**2).sum((1, 2), keepdims=True))
+    X0, Y0 = X0 / normX, Y0 / normY
+    U, s, Vt = np.linalg.svd(X0.transpose(0, 2, 1) @ Y0)
+    V = Vt.transpose(0, 2, 1)
+    R = V @ U.transpose(0, 2, 1)
+    sign = np.sign(np.linalg.det(R))[:, None]
+    V[:, :, -1] *= sign
+    s[:, -1] *= sign.ravel()
+    R = V @ U.transpose(0, 2, 1)
+    a = s.sum(1, keepdims=True)[:, :, None] * normX / normY
+    aligned = a * predicted @ R + (muX - a * muY @ R)
+    return np.linalg.norm(aligned - target, axis=-1).mean()
+
+
+def videopose3d_n_mpjpe(predicted, target):
+    """VideoPose3D's n_mpjpe (on root-relative poses)."""
+    scale = (target * predicted).sum(-1).mean(-1) / (predicted**2).sum(-1).mean(-1)
+    return np.linalg.norm(scale[:, None, None] * predicted - target, axis=-1).mean()
+
+
+def random_poses(seed, n=16):
+    rng = np.random.default_rng(seed)
+    gt = rng.normal(0, 300, size=(n, 17, 3))
+    pred = gt + rng.normal(0, 60, size=gt.shape)
+    return pred - pred[:, :1], gt - gt[:, :1]
+
+
+def test_hand_computed_mpjpe_pck_auc():
+    gt = np.zeros((1, 17, 3))
+    pred = np.zeros((1, 17, 3))
+    pred[0, 1:, 0] = 30.0  # every joint but the root 30 mm off
+    assert metrics.mpjpe(pred, gt) == pytest.approx(30.0 * 16 / 17)
+    assert metrics.pck(pred, gt, 150) == 1.0
+    assert metrics.pck(pred, gt, 20) == pytest.approx(1 / 17)
+    # Errors: one joint at 0 mm, 16 at 30 mm. Thresholds 0, 5, ..., 150 (31): PCK = 1/17 for
+    # the 6 thresholds below 30, then 1.
+    assert metrics.auc(pred, gt) == pytest.approx((6 / 17 + 25) / 31)
+    # A constant offset of the whole pose vanishes after root alignment.
+    assert metrics.mpjpe(gt + 100.0, gt) == 0.0
+
+
+def test_hand_computed_n_mpjpe_and_pa_mpjpe():
+    rng = np.random.default_rng(0)
+    gt = rng.normal(0, 300, size=(3, 17, 3))
+    gt -= gt[:, :1]
+    assert metrics.n_mpjpe(0.5 * gt, gt) == pytest.approx(0.0, abs=1e-9)  # scale is free
+    assert metrics.mpjpe(0.5 * gt, gt) > 50
+    R = Rotation.from_euler("xyz", [30, -60, 110], degrees=True).as_matrix()
+    moved = 1.7 * gt @ R.T + np.array([10.0, -20.0, 300.0])
+    assert metrics.pa_mpjpe(moved, gt) == pytest.approx(0.0, abs=1e-6)
+    # A mirror image is not a rotation: Procrustes must not undo it.
+    mirrored = gt * np.array([-1.0, 1.0, 1.0])
+    assert metrics.pa_mpjpe(mirrored, gt) > 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_agrees_with_videopose3d_formulas(seed):
+    pred, gt = random_poses(seed)
+    assert metrics.pa_mpjpe(pred, gt) == pytest.approx(videopose3d_p_mpjpe(pred, gt), rel=1e-9)
+    assert metrics.n_mpjpe(pred, gt) == pytest.approx(videopose3d_n_mpjpe(pred, gt), rel=1e-9)
+    # mmpose's keypoint_mpjpe(alignment="none") is the plain mean joint distance.
+    assert metrics.mpjpe(pred, gt) == pytest.approx(np.linalg.norm(pred - gt, axis=-1).mean())
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), noise=st.floats(1.0, 300.0))
+def test_ordering_and_invariances(seed, noise):
+    rng = np.random.default_rng(seed)
+    gt = rng.normal(0, 300, size=(4, 17, 3))
+    pred = gt + rng.normal(0, noise, size=gt.shape)
+    pa, n, m = metrics.pa_mpjpe(pred, gt), metrics.n_mpjpe(pred, gt), metrics.mpjpe(pred, gt)
+    assert pa <= n + 1e-6 and n <= m + 1e-6
+    R = Rotation.random(random_state=seed).as_matrix()
+    assert metrics.pa_mpjpe(3.0 * pred @ R.T + 50.0, gt) == pytest.approx(pa, rel=1e-6, abs=1e-6)
+    assert metrics.mpjpe(gt, gt) == 0.0 and metrics.pa_mpjpe(gt, gt) < 1e-6
+
+
+def test_bad_inputs():
+    with pytest.raises(InputError, match="shape"):
+        metrics.mpjpe(np.zeros((2, 17, 3)), np.zeros((2, 16, 3)))
+    bad = np.zeros((1, 17, 3))
+    bad[0, 3, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        metrics.pa_mpjpe(bad, np.zeros((1, 17, 3)))
