@@ -129,8 +129,9 @@ def validate(config: dict[str, Any]) -> None:
     _choice(config, "model.backbone", ("resnet18", "resnet34", "resnet50"))
     _choice(config, "model.pose_frame", ("body", "camera"))
     _choice(config, "loss.pose", ("l2", "l1"))
-    _choice(config, "loss.metric", ("hardnet", "contrastive"))
+    _choice(config, "loss.metric", ("hardnet", "infonce", "contrastive"))
     _choice(config, "loss.negatives", ("same_subject", "any"))
+    _choice(config, "loss.mining", ("hardest", "semihard"))
     _choice(config, "train.nonfinite", ("stop", "skip"))
     _choice(config, "train.accelerator", ("auto", "cpu", "gpu", "cuda"))
     for key in (
@@ -147,6 +148,7 @@ def validate(config: dict[str, Any]) -> None:
         "loss.pose_weight",
         "loss.metric_weight",
         "loss.adversarial_weight",
+        "loss.consistency_weight",
         "loss.margin",
         "train.grad_clip",
         "data.num_workers",

@@ -137,9 +137,11 @@ def run_demo(
         gallery = gallery or (pred if pred.images is not None else None)
         scores = score(pred)
         retrieval = evaluate_retrieval(pred, query_stride=preset.query_stride, seed=run["seed"])
-        cross = evaluate_retrieval(
-            pred, query_stride=preset.query_stride, cross_subject=True, seed=run["seed"]
-        )
+        cross = None
+        if len(set(pred.subject)) > 1:  # the cross-subject variant needs two test subjects
+            cross = evaluate_retrieval(
+                pred, preset.query_stride, cross_subject=True, seed=run["seed"]
+            )
         references = references or {k: retrieval[k] for k in ("oracle_3d", "random")}
         probe = identity_probe(
             predict(model, train_set, frame_stride=preset.probe_stride), seed=run["seed"]
@@ -148,7 +150,7 @@ def run_demo(
             "variant": run["variant"], "labels": run["labels"], "seed": run["seed"],
             **{k: scores["overall"][k] for k in ("mpjpe", "n_mpjpe", "pa_mpjpe", "pck150", "auc")},
             "retrieval": retrieval["embedding"],
-            "retrieval_cross_subject": cross["embedding"],
+            "retrieval_cross_subject": cross["embedding"] if cross else None,
             "identity_probe_acc": probe["accuracy"],
             "train_seconds": run["train_seconds"],
             "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},
@@ -166,6 +168,7 @@ def run_demo(
         "references": references,
         "identity_chance": 1.0 / len(train_set.subjects),
         "test_crops": scores["count"],
+        "test_subjects": test.subjects,
         "version": __version__,
         "total_seconds": time.perf_counter() - began,
     }

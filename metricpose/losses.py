@@ -70,6 +70,7 @@ def multiview_metric_loss(
     time_window: int = 10,
     same_subject_only: bool = True,
     kind: str = "hardnet",
+    mining: str = "hardest",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Metric loss between embeddings of the same instants seen from two cameras.
 
@@ -81,7 +82,10 @@ def multiview_metric_loss(
         kind: ``hardnet`` — triplet margin loss with the hardest valid negative per anchor,
             taken over both directions (a_i vs p_j and a_j vs p_i, as in HardNet);
             ``contrastive`` — squared positive distance plus squared hinge on every valid
-            negative pair.
+            negative pair; ``infonce`` — cross-entropy of finding the positive among the valid
+            negatives, logits -d²/margin (margin acts as the temperature).
+        mining: for ``hardnet``, ``hardest`` takes the nearest valid negative; ``semihard``
+            the nearest one farther than the positive (FaceNet), falling back to the hardest.
 
     Under DDP, the other processes' embeddings (and ids) join the pool of negatives.
 
@@ -111,18 +115,64 @@ def multiview_metric_loss(
 
     if kind == "hardnet":
         inf = torch.finfo(d_ap.dtype).max
-        hardest = torch.minimum(
-            d_ap.masked_fill(~valid, inf).min(1).values, d_pa.masked_fill(~valid, inf).min(1).values
+        candidates = torch.cat(
+            [d_ap.masked_fill(~valid, inf), d_pa.masked_fill(~valid, inf)], dim=1
         )
+        hardest = candidates.min(1).values
+        if mining == "semihard":
+            # The nearest negative that is still farther than the positive; the hardest one
+            # otherwise. Nearer "negatives" are often the same pose at another time (repeated
+            # motion cycles), and pushing them away collapses the embedding.
+            farther = (
+                candidates.masked_fill(candidates <= d_pos[:, None].detach(), inf).min(1).values
+            )
+            hardest = torch.where(farther < inf, farther, hardest)
+        elif mining != "hardest":
+            raise ValueError(f"unknown mining {mining!r}; expected 'hardest' or 'semihard'")
         loss = torch.relu(margin + d_pos - hardest)[has_negative].mean()
         stats["d_neg"] = hardest[has_negative].mean().detach()
+    elif kind == "infonce":
+        # Softmax over the positive and every valid negative, both directions (CLIP-style);
+        # ``margin`` is the temperature here. Every negative pulls with a weight that grows
+        # with its similarity, so no single false negative dominates and there is no collapse.
+        logits_ap = (-d_ap.pow(2) / margin).masked_fill(~valid, float("-inf"))
+        logits_pa = (-d_pa.pow(2) / margin).masked_fill(~valid, float("-inf"))
+        positive_logit = -d_pos.pow(2) / margin
+        loss = 0.0
+        for logits in (logits_ap, logits_pa):
+            all_logits = torch.cat([positive_logit[:, None], logits], dim=1)
+            loss = (
+                loss
+                + (torch.logsumexp(all_logits, dim=1) - positive_logit)[has_negative].mean() / 2
+            )
+        stats["d_neg"] = d_ap[valid].mean().detach()
     elif kind == "contrastive":
         neg = torch.relu(margin - torch.cat([d_ap[valid], d_pa[valid]])) ** 2
         loss = (d_pos**2).mean() + neg.mean()
         stats["d_neg"] = d_ap[valid].mean().detach()
     else:
-        raise ValueError(f"unknown metric loss {kind!r}; expected 'hardnet' or 'contrastive'")
+        raise ValueError(
+            f"unknown metric loss {kind!r}; expected 'hardnet', 'infonce' or 'contrastive'"
+        )
     return loss, stats
+
+
+def multiview_consistency_loss(
+    pose_a: torch.Tensor, pose_b: torch.Tensor, R_a: torch.Tensor, R_b: torch.Tensor
+) -> torch.Tensor:
+    """Disagreement of two views' predictions of one instant once both are rotated into the
+    world frame (Rhodin et al. 2018): mean per-joint distance between Rₐᵀ·pose_a and R_bᵀ·pose_b.
+
+    Needs the cameras' rotations (calibration) but no 3D label; it teaches the orientation
+    head, which the view-invariant metric loss cannot reach.
+
+    Args:
+        pose_a, pose_b: (B, 17, 3) root-relative camera-frame poses (any unit).
+        R_a, R_b: (B, 3, 3) world -> camera rotations.
+    """
+    world_a = pose_a @ R_a  # rows: (Rₐᵀ x)ᵀ = xᵀ Rₐ
+    world_b = pose_b @ R_b
+    return torch.linalg.norm(world_a - world_b, dim=-1).mean()
 
 
 class _ReverseGradient(torch.autograd.Function):

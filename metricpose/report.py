@@ -24,12 +24,15 @@ def _groups(runs: list[dict[str, Any]], key: str) -> dict[tuple[str, str], list[
     for r in runs:
         value: Any = r
         for part in key.split("."):
-            value = value[part]
-        out.setdefault((r["variant"], r["labels"]), []).append(float(value))
+            value = None if value is None else value[part]
+        if value is not None:  # e.g. no cross-subject retrieval with one test subject
+            out.setdefault((r["variant"], r["labels"]), []).append(float(value))
     return out
 
 
-def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+def _fmt(values: list[float] | None, scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return "-"
     v = np.asarray(values) * scale
     return (
         f"{v.mean():.{digits}f}"
@@ -138,7 +141,7 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
     lines = [
         "# metricpose demo report\n",
         f"Preset `{doc['config']['preset']}` on the synthetic studio `{doc['config']['studio']}`; test subjects "
-        f"S9 and S11 ({doc['test_crops']} crops); seeds {seeds}. Values are mean ± std over seeds where there are several.\n",
+        f"{', '.join(doc['test_subjects'])} ({doc['test_crops']} crops); seeds {seeds}. Values are mean ± std over seeds where there are several.\n",
         "\n## Results\n\n",
         "| variant | labels | " + " | ".join(name for _, _, name in keys) + " |\n",
         "|---|---|" + "---|" * len(keys) + "\n",
@@ -146,7 +149,7 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
     for lab in labels:
         for variant in VARIANTS:
             if (variant, lab) in groups["mpjpe"]:
-                cells = [_fmt(groups[key][(variant, lab)], scale) for key, scale, _ in keys]
+                cells = [_fmt(groups[key].get((variant, lab)), scale) for key, scale, _ in keys]
                 lines.append(f"| {variant} | {lab} | " + " | ".join(cells) + " |\n")
     ref = doc["references"]
     lines.append(

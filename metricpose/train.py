@@ -25,6 +25,7 @@ from metricpose.errors import InputError
 from metricpose.losses import (
     IdentityAdversary,
     adversary_coefficient,
+    multiview_consistency_loss,
     multiview_metric_loss,
     pose_loss,
 )
@@ -114,12 +115,16 @@ class PoseModule(L.LightningModule):
         out = self.model(images)
         terms: dict[str, torch.Tensor] = {}
 
+        # The 3D loss is taken in metres so that its size is comparable with the metric loss
+        # (distances on the unit sphere); in millimetres it would drown the other terms.
         sup = self.supervised[batch["index"]].repeat_interleave(2)
-        gt = batch["pose_cam"].flatten(0, 1)[sup]
-        terms["pose"] = pose_loss(out["pose_cam"][sup], gt, cfg["pose"])
+        gt = batch["pose_cam"].flatten(0, 1)[sup] / 1000
+        terms["pose"] = pose_loss(out["pose_cam"][sup] / 1000, gt, cfg["pose"])
         if "pose_body" in out and sup.any():
             gt_body = gt @ body_frame(gt)
-            terms["pose"] = terms["pose"] + pose_loss(out["pose_body"][sup], gt_body, cfg["pose"])
+            terms["pose"] = terms["pose"] + pose_loss(
+                out["pose_body"][sup] / 1000, gt_body, cfg["pose"]
+            )
         total = cfg["pose_weight"] * terms["pose"]
 
         emb = out["embedding"].view(B, 2, -1)
@@ -127,10 +132,17 @@ class PoseModule(L.LightningModule):
             terms["metric"], stats = multiview_metric_loss(
                 emb[:, 0], emb[:, 1], batch["sequence"], batch["frame"], batch["subject"],
                 margin=cfg["margin"], time_window=cfg["time_window"],
-                same_subject_only=cfg["negatives"] == "same_subject", kind=cfg["metric"],
+                same_subject_only=cfg["negatives"] == "same_subject", kind=cfg["metric"], mining=cfg["mining"],
             )  # fmt: skip
             total = total + cfg["metric_weight"] * terms["metric"]
             self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=B)
+        if cfg["consistency_weight"] > 0:
+            pose = out["pose_cam"].view(B, 2, *out["pose_cam"].shape[1:]) / 1000
+            R = batch["R"]
+            terms["consistency"] = multiview_consistency_loss(
+                pose[:, 0], pose[:, 1], R[:, 0], R[:, 1]
+            )
+            total = total + cfg["consistency_weight"] * terms["consistency"]
         if self.adversary is not None:
             coefficient = adversary_coefficient(self.global_step, cfg["adversarial_warmup_steps"])
             terms["adversarial"], accuracy = self.adversary(

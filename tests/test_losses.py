@@ -80,6 +80,34 @@ def test_contrastive_loss_hand_computed():
     assert loss.item() == pytest.approx((2 - math.sqrt(2)) ** 2, rel=1e-5)
 
 
+def test_infonce_loss_hand_computed():
+    a = torch.stack([unit(1.0, 0.0), unit(0.0, 1.0)])
+    p = torch.stack([unit(1.0, 0.5), unit(0.5, 1.0)])
+    ids = dict(
+        sequence=torch.tensor([0, 1]), frame=torch.tensor([0, 0]), subject=torch.tensor([0, 0])
+    )
+    loss, _ = multiview_metric_loss(a, p, margin=0.2, kind="infonce", **ids)
+    d = torch.cdist(a, p) ** 2 / 0.2
+    # Row i: -log softmax of the positive among {positive, the other instant}; both directions.
+    forward = [torch.logsumexp(-d[i], 0) + d[i, i] for i in range(2)]
+    backward = [torch.logsumexp(-d[:, i], 0) + d[i, i] for i in range(2)]
+    assert loss.item() == pytest.approx(((sum(forward) + sum(backward)) / 4).item(), rel=1e-5)
+
+
+def test_semihard_mining_skips_negatives_nearer_than_the_positive():
+    a = torch.stack([unit(1.0, 0.0), unit(0.0, 1.0), unit(-1.0, 0.1)])
+    p = torch.stack([unit(0.0, 1.0), unit(1.0, 0.05), unit(-1.0, 0.0)])  # a0's positive is far
+    ids = dict(
+        sequence=torch.tensor([0, 1, 2]),
+        frame=torch.zeros(3, dtype=torch.long),
+        subject=torch.zeros(3, dtype=torch.long),
+    )
+    hard, stats_hard = multiview_metric_loss(a, p, margin=0.1, mining="hardest", **ids)
+    semi, stats_semi = multiview_metric_loss(a, p, margin=0.1, mining="semihard", **ids)
+    assert stats_semi["d_neg"] > stats_hard["d_neg"]
+    assert semi < hard
+
+
 def test_metric_loss_pulls_views_together():
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(16, 8))

@@ -1,0 +1,172 @@
+"""Training on the tiny studio: the presets run, the metric loss learns, resume is exact."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from metricpose.checkpoint import load_model, safe_load
+from metricpose.config import ConfigError, load_config
+from metricpose.data.dataset import MultiViewDataset
+from metricpose.evaluate import predict
+from metricpose.train import NonFiniteLossError, labelled_instants, train
+
+TINY = [
+    "batch.size=8",
+    "train.val_frames=8",
+    "model.regressor_width=64",
+    "model.width=0.25",
+    "train.log_every=1",
+]
+
+
+def config_for(data, preset, *extra):
+    return load_config(
+        preset,
+        [
+            f"data.root={data}",
+            "data.train_subjects=[S1,S5]",
+            "data.test_subjects=[S9]",
+            *TINY,
+            *extra,
+        ],
+    )
+
+
+@pytest.mark.parametrize("preset", ["baseline", "metric", "metric_adv"])
+def test_presets_train_and_save_a_loadable_model(tiny_studio, tmp_path, preset):
+    summary = train(
+        config_for(tiny_studio, preset, "train.steps=6", "train.val_every=3"),
+        tmp_path / "run",
+        progress=False,
+    )
+    assert summary["steps"] == 6
+    for name in (
+        "model.pt",
+        "config.yaml",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "logs/metrics.csv",
+    ):
+        assert (tmp_path / "run" / name).exists(), name
+    model, config = load_model(tmp_path / "run" / "model.pt")
+    assert config["loss"]["metric_weight"] == (0.0 if preset == "baseline" else 1.0)
+    header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/pose" in header and ("train/metric" in header) == (preset != "baseline")
+    assert ("train/adversarial" in header) == (preset == "metric_adv")
+    # The Lightning checkpoint loads safely too and gives the same network.
+    from_ckpt, _ = load_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    for (k, a), b in zip(model.state_dict().items(), from_ckpt.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.slow
+def test_metric_loss_learns_view_invariance(tiny_studio, tmp_path):
+    config = config_for(
+        tiny_studio,
+        "metric",
+        "train.steps=150",
+        "train.val_every=150",
+        "loss.time_window=4",
+        "batch.size=16",
+    )
+    train(config, tmp_path / "run", progress=False)
+    rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col = header.index("train/metric")
+    values = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
+    assert np.mean(values[-20:]) < 0.7 * np.mean(values[:10])
+    # Same instant from two cameras is closer than different instants (on held-out frames of
+    # the training subjects).
+    model, _ = load_model(tmp_path / "run" / "model.pt")
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"], num_views=1)
+    pred = predict(model, ds, frame_stride=3)
+    emb = torch.as_tensor(pred.embedding)
+    d = torch.cdist(emb, emb)
+    same_instant = torch.as_tensor(pred.instant[:, None] == pred.instant[None]) & ~torch.eye(
+        len(emb), dtype=torch.bool
+    )
+    far = torch.as_tensor(np.abs(pred.frame[:, None] - pred.frame[None]) >= 4) | torch.as_tensor(
+        pred.sequence[:, None] != pred.sequence[None]
+    )
+    assert d[same_instant].mean() < 0.7 * d[far].mean()
+
+
+def test_label_protocols(tiny_studio):
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    s1 = labelled_instants(ds, "S1", ["S1", "S5"], seed=0)
+    assert s1.sum() == 64 and (np.array(ds.subjects)[ds.subject_index[s1]] == "S1").all()
+    frac = labelled_instants(ds, "fraction:0.25", ["S1", "S5"], seed=0)
+    assert frac.sum() == 8 * 4  # 4 of 16 frames in each of the 8 sequences
+    assert np.array_equal(frac, labelled_instants(ds, "fraction:0.25", ["S1", "S5"], seed=0))
+    assert not np.array_equal(frac, labelled_instants(ds, "fraction:0.25", ["S1", "S5"], seed=1))
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="did you mean 'loss.margin'"):
+        load_config("metric", ["loss.margn=0.3"])
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config("metric", ["loss.margin=abc"])
+    with pytest.raises(ConfigError, match="one of"):
+        load_config("metric", ["loss.negatives=others"])
+    with pytest.raises(ConfigError, match="overlaps"):
+        load_config("metric", ["data.test_subjects=[S1]"])
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config("fancy")
+    assert load_config("metric_adv", ["train.steps=7"])["train"]["steps"] == 7
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tiny_studio, tmp_path):
+    config = config_for(
+        tiny_studio,
+        "baseline",
+        "train.steps=3",
+        "train.val_every=3",
+        "train.lr=1e30",
+        "train.grad_clip=0.0",
+    )
+    with pytest.raises(NonFiniteLossError, match=r"step \d+: loss term 'pose'.*seq \d+:frame \d+"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def _last_step(path):
+    try:
+        return int(safe_load(path)["global_step"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return -1
+
+
+@pytest.mark.slow
+def test_kill_and_resume_ends_with_the_same_weights(tiny_studio, tmp_path):
+    args = [f"data.root={tiny_studio}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]", *TINY,
+            "train.steps=40", "train.val_every=10"]  # fmt: skip
+    command = [sys.executable, "-m", "metricpose.cli", "train", "--config", "metric_adv", "--no-progress",
+               *[a for s in args for a in ("--set", s)]]  # fmt: skip
+    subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while (
+        _last_step(killed / "checkpoints" / "last.ckpt") < 10
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = _last_step(killed / "checkpoints" / "last.ckpt")
+    assert 10 <= step < 40, "the run was not interrupted mid-way"
+    subprocess.run([*command, "--out", str(killed), "--resume"], check=True, capture_output=True)
+
+    a, _ = load_model(tmp_path / "straight" / "model.pt")
+    b, _ = load_model(killed / "model.pt")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
