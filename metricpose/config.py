@@ -41,7 +41,7 @@ def _merge(base: dict[str, Any], update: dict[str, Any], where: str, prefix: str
         dotted = f"{prefix}{key}"
         if key not in base:
             hint = difflib.get_close_matches(key, list(base), n=1)
-            suggestion = f"; did you mean {prefix}{hint[0]!r}?" if hint else ""
+            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
             raise ConfigError(f"{where}: unknown option {dotted!r}{suggestion}")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
@@ -128,6 +128,7 @@ def validate(config: dict[str, Any]) -> None:
     """Check ranges and choices; raise ConfigError naming the key."""
     _choice(config, "model.backbone", ("resnet18", "resnet34", "resnet50"))
     _choice(config, "model.pose_frame", ("body", "camera"))
+    _choice(config, "model.orientation_from", ("pooled", "layer4", "layer3"))
     _choice(config, "loss.pose", ("l2", "l1"))
     _choice(config, "loss.metric", ("hardnet", "infonce", "contrastive"))
     _choice(config, "loss.negatives", ("same_subject", "any"))
@@ -161,6 +162,10 @@ def validate(config: dict[str, Any]) -> None:
         )
     if not 0.0 <= config["model"]["dropout"] < 1.0:
         raise ConfigError(f"'model.dropout' must be in [0, 1), got {config['model']['dropout']}")
+    if config["augment"]["flip"] and config["loss"]["consistency_weight"] > 0:
+        raise ConfigError(
+            "'augment.flip' mirrors the images but not the camera rotations that 'loss.consistency_weight' uses; disable one"
+        )
     overlap = set(config["data"]["train_subjects"]) & set(config["data"]["test_subjects"])
     if overlap:
         raise ConfigError(f"'data.test_subjects' overlaps the training subjects: {sorted(overlap)}")

@@ -30,6 +30,7 @@ from metricpose.losses import (
     pose_loss,
 )
 from metricpose.models.posenet import body_frame
+from metricpose.skeleton import FLIP_INDEX
 
 
 class NonFiniteLossError(InputError):
@@ -70,6 +71,22 @@ def colour_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Te
     return (shuffled * gains).clamp(0, 255)
 
 
+def mirror_instants(batch: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mirror whole instants (every view of the chosen ones): images flipped left-right, poses
+    mirrored in the camera's x axis with left and right joints swapped. A mirrored instant is
+    still a valid multi-view pair, of a mirrored world; the camera rotations are not mirrored,
+    so this must not be combined with the multi-view consistency loss (the config refuses it).
+
+    flip: (B,) bool.
+    """
+    out = dict(batch)
+    f_img = flip[:, None, None, None, None]
+    out["images"] = torch.where(f_img, batch["images"].flip(3), batch["images"])
+    mirrored = batch["pose_cam"][:, :, list(FLIP_INDEX)] * torch.tensor([-1.0, 1.0, 1.0])
+    out["pose_cam"] = torch.where(flip[:, None, None, None], mirrored, batch["pose_cam"])
+    return out
+
+
 def collate_keys(dataset: MultiViewDataset):
     def collate(keys: list[FrameKey]) -> dict[str, torch.Tensor]:
         return default_collate([dataset[k] for k in keys])
@@ -108,9 +125,11 @@ class PoseModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         cfg = self.config["loss"]
         B = batch["images"].shape[0]
+        g = torch.Generator().manual_seed(self.config["seed"] * 7919 + self.global_step)
+        if self.config["augment"]["flip"]:
+            batch = mirror_instants(batch, torch.rand(B, generator=g) < 0.5)
         images = batch["images"].flatten(0, 1)  # (2B, S, S, 3): instant-major, views inner
         if self.config["augment"]["colour"]:
-            g = torch.Generator().manual_seed(self.config["seed"] * 7919 + self.global_step)
             images = colour_augment(images, g)
         out = self.model(images)
         terms: dict[str, torch.Tensor] = {}

@@ -97,6 +97,31 @@ def test_metric_loss_learns_view_invariance(tiny_studio, tmp_path):
     assert d[same_instant].mean() < 0.7 * d[far].mean()
 
 
+def test_mirroring_swaps_sides_and_is_an_involution(tiny_studio):
+    from torch.utils.data import default_collate
+
+    from metricpose.data.dataset import FrameKey
+    from metricpose.train import mirror_instants
+
+    ds = MultiViewDataset(tiny_studio)
+    batch = default_collate([ds[FrameKey(i, (0, 2))] for i in (3, 40)])
+    flip = torch.tensor([True, False])
+    m = mirror_instants(batch, flip)
+    assert torch.equal(m["images"][0, 1], batch["images"][0, 1].flip(1))
+    assert torch.equal(m["images"][1], batch["images"][1])
+    left_wrist, right_wrist = 13, 16
+    torch.testing.assert_close(
+        m["pose_cam"][0, :, left_wrist, 0], -batch["pose_cam"][0, :, right_wrist, 0]
+    )
+    torch.testing.assert_close(
+        m["pose_cam"][0, :, left_wrist, 1:], batch["pose_cam"][0, :, right_wrist, 1:]
+    )
+    back = mirror_instants(m, flip)
+    assert torch.equal(back["images"], batch["images"]) and torch.equal(
+        back["pose_cam"], batch["pose_cam"]
+    )
+
+
 def test_label_protocols(tiny_studio):
     ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
     s1 = labelled_instants(ds, "S1", ["S1", "S5"], seed=0)

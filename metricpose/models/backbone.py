@@ -31,11 +31,11 @@ class ResNetBackbone(ResNet):
             raise InputError(f"unknown backbone {name!r}; choose from {', '.join(_LAYOUTS)}")
         block, layers = _LAYOUTS[name]
         super().__init__(block, list(layers))
+        planes = [max(8, int(round(p * width))) for p in (64, 128, 256, 512)]
         if width != 1.0:
             if weights_path is not None:
                 raise InputError("ImageNet weights exist only for width 1.0")
             # Rebuild the stem and stages at the scaled width with torchvision's own builders.
-            planes = [max(8, int(round(p * width))) for p in (64, 128, 256, 512)]
             self.inplanes = planes[0]
             self.conv1 = nn.Conv2d(3, planes[0], kernel_size=7, stride=2, padding=3, bias=False)
             self.bn1 = nn.BatchNorm2d(planes[0])
@@ -49,10 +49,21 @@ class ResNetBackbone(ResNet):
                 elif isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
-        self.out_features = self.fc.in_features if width == 1.0 else planes[3] * block.expansion
+        #: Channels of the last two stages' feature maps.
+        self.stage_channels = {
+            "layer3": planes[2] * block.expansion,
+            "layer4": planes[3] * block.expansion,
+        }
+        self.out_features = self.stage_channels["layer4"]
         self.fc = nn.Identity()
         if weights_path is not None:
             self._load_imagenet(Path(weights_path))
+
+    def feature_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> the layer3 and layer4 maps, (B, C3, H/16, W/16) and (B, C4, H/32, W/32)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        layer3 = self.layer3(self.layer2(self.layer1(x)))
+        return layer3, self.layer4(layer3)
 
     def _load_imagenet(self, path: Path) -> None:
         if not path.is_file():

@@ -22,6 +22,7 @@ from torch import nn
 from metricpose.models.backbone import ResNetBackbone
 from metricpose.skeleton import NUM_JOINTS
 
+ORIENTATION_SOURCES = ("pooled", "layer4", "layer3")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -100,6 +101,7 @@ class PoseNet(nn.Module):
         dropout: float = 0.25,
         pose_frame: str = "body",
         weights_path: str | None = None,
+        orientation_from: str = "pooled",
     ) -> None:
         super().__init__()
         if pose_frame not in ("body", "camera"):
@@ -109,11 +111,26 @@ class PoseNet(nn.Module):
         feat = self.backbone.out_features
         self.embed = nn.Linear(feat, embedding_dim)
         self.regressor = PoseRegressor(embedding_dim, regressor_width, regressor_blocks, dropout)
-        self.orientation = (
-            nn.Sequential(nn.Linear(feat, 256), nn.ReLU(), nn.Linear(256, 6))
-            if pose_frame == "body"
-            else None
-        )
+        if orientation_from not in ORIENTATION_SOURCES:
+            raise ValueError(
+                f"orientation_from must be one of {ORIENTATION_SOURCES}, got {orientation_from!r}"
+            )
+        self.orientation_from = orientation_from
+        self.orientation = None
+        if pose_frame == "body":
+            # "pooled": the globally pooled features that also feed the embedding; "layer4" /
+            # "layer3": that stage's map pooled to a coarse grid, keeping the spatial layout
+            # that tells left from right and is spared the last stage's view invariance.
+            grid = {"pooled": 1, "layer4": 2, "layer3": 4}[orientation_from]
+            channels = (
+                feat
+                if orientation_from == "pooled"
+                else self.backbone.stage_channels[orientation_from]
+            )
+            self.orientation_pool = nn.AdaptiveAvgPool2d(grid)
+            self.orientation = nn.Sequential(
+                nn.Flatten(), nn.Linear(channels * grid * grid, 256), nn.ReLU(), nn.Linear(256, 6)
+            )
         self.register_buffer("pose_mean", torch.zeros(NUM_JOINTS, 3))
         self.register_buffer("pose_std", torch.ones(NUM_JOINTS, 3))
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
@@ -130,13 +147,15 @@ class PoseNet(nn.Module):
         """images (B, S, S, 3) 0-255 RGB -> dict with
         ``embedding`` (B, D) unit-norm, ``pose_cam`` (B, 17, 3) root-relative camera-frame mm,
         and for pose_frame="body" also ``pose_body`` (B, 17, 3) mm and ``rotation`` (B, 3, 3)."""
-        features = self.backbone(self.normalise_images(images))
+        layer3, layer4 = self.backbone.feature_maps(self.normalise_images(images))
+        features = torch.flatten(self.backbone.avgpool(layer4), 1)
         embedding = nn.functional.normalize(self.embed(features), dim=-1)
         pose = self.regressor(embedding).view(-1, NUM_JOINTS, 3) * self.pose_std + self.pose_mean
         pose = pose - pose[:, :1]
         if self.orientation is None:
             return {"embedding": embedding, "pose_cam": pose, "features": features}
-        rotation = rotation_6d_to_matrix(self.orientation(features))
+        source = {"pooled": layer4, "layer4": layer4, "layer3": layer3}[self.orientation_from]
+        rotation = rotation_6d_to_matrix(self.orientation(self.orientation_pool(source)))
         return {
             "embedding": embedding,
             "pose_body": pose,
