@@ -58,6 +58,11 @@ def _checked(default: Any, value: Any, key: str, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
     elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key!r} must be a number, got {value!r}")
         value = float(value)

@@ -108,7 +108,11 @@ def multiview_metric_loss(
     d_pa = torch.cdist(positive, all_anchor)  # (B, B_all): p_i vs a_j
     d_pos = (anchor - positive).norm(dim=-1)
     has_negative = valid.any(dim=1)
-    stats = {"d_pos": d_pos.mean().detach(), "valid_share": has_negative.float().mean()}
+    stats = {
+        "d_pos": d_pos.mean().detach(),
+        "valid_share": has_negative.float().mean(),
+        "negative_pool": torch.tensor(float(all_pos.shape[0]), device=anchor.device),
+    }
     if not has_negative.any():
         stats["d_neg"] = torch.tensor(float("nan"), device=anchor.device)
         return anchor.sum() * 0.0, stats

@@ -195,7 +195,9 @@ class PoseModule(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(batch["images"].flatten(0, 1))
         err = torch.linalg.norm(out["pose_cam"] - batch["pose_cam"].flatten(0, 1), dim=-1).mean()
-        self.log("val/mpjpe", err, batch_size=batch["images"].shape[0], prog_bar=True)
+        self.log(
+            "val/mpjpe", err, batch_size=batch["images"].shape[0], prog_bar=True, sync_dist=True
+        )
 
     def configure_optimizers(self):
         t = self.config["train"]

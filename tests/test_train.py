@@ -144,6 +144,7 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="neither a preset"):
         load_config("fancy")
     assert load_config("metric_adv", ["train.steps=7"])["train"]["steps"] == 7
+    assert load_config("metric", ["train.lr=3e-4"])["train"]["lr"] == 3e-4
 
 
 def test_nonfinite_loss_stops_with_a_clear_message(tiny_studio, tmp_path):
@@ -195,3 +196,36 @@ def test_kill_and_resume_ends_with_the_same_weights(tiny_studio, tmp_path):
     b, _ = load_model(killed / "model.pt")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_ddp_processes_draw_different_batches():
+    from metricpose.data.sampler import MixedBatchSampler
+
+    n = 200
+    args = (np.arange(n) < 50, np.arange(n) % 4, np.full(n, 4), 16, 0.5, 100, 0)
+    r0, r1 = MixedBatchSampler(*args, rank=0), MixedBatchSampler(*args, rank=1)
+    assert r0.batch(7) != r1.batch(7)
+    assert r0.batch(7) == MixedBatchSampler(*args, rank=0).batch(
+        7
+    )  # a function of (seed, step, rank)
+    batch = r0.batch(3)
+    assert all(k.index < 50 for k in batch[:8])  # the labelled part comes first
+    assert len({int(np.arange(n)[k.index] % 4) for k in batch[8:]}) == 1  # the rest: one subject
+    assert all(k.views[0] != k.views[1] for k in batch)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_share_negatives(tiny_studio, tmp_path):
+    """torchrun starts two gloo processes; the metric loss's pool of negatives holds both
+    processes' instants (2 x batch)."""
+    args = [f"data.root={tiny_studio}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]", *TINY,
+            "train.steps=4", "train.val_every=2", "train.devices=2", "train.accelerator=cpu"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541",
+               "-m", "metricpose.cli", "train", "--config", "metric", "--no-progress", "--out", str(tmp_path / "ddp"),
+               *[a for s in args for a in ("--set", s)]]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    rows = (tmp_path / "ddp" / "logs" / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("train/negative_pool")
+    pools = {float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]}
+    assert pools == {16.0}  # batch.size 8 on each of 2 processes
+    assert (tmp_path / "ddp" / "model.pt").exists()
