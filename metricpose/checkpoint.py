@@ -103,6 +103,7 @@ def load_model(path: Path | str, map_location: str = "cpu"):
         raise InputError(
             f"{path}: neither a metricpose model file nor a metricpose training checkpoint"
         )
+    config = _with_defaults(config)
     model = build_model(config, pretrained=False)
     try:
         model.load_state_dict(state)
@@ -111,6 +112,19 @@ def load_model(path: Path | str, map_location: str = "cpu"):
             f"{path}: weights do not match the network its config describes ({str(exc).splitlines()[0]})"
         ) from None
     return model.eval(), config
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config completed with today's defaults for options added since."""
+    from metricpose.config import defaults
+
+    merged = defaults()
+    for section, values in config.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
 
 
 def build_model(config: dict[str, Any], pretrained: bool = True):

@@ -217,9 +217,12 @@ def _pose_statistics(
     """Mean and std (17, 3) mm of the supervised targets, over all their camera views."""
     poses = []
     for index in np.flatnonzero(supervised):
-        views = tuple(range(int(dataset.num_cameras[index])))
-        poses.append(dataset[FrameKey(int(index), views)]["pose_cam"])
-    cam = torch.cat(poses).double()
+        seq = dataset.sequences[dataset.seq_index[index]]
+        world = seq.poses_3d[dataset.frame_index[index]].astype(np.float64)
+        for camera in seq.cameras:
+            pose = camera.world_to_camera(world)
+            poses.append(pose - pose[:1])
+    cam = torch.as_tensor(np.stack(poses))
     target = cam @ body_frame(cam) if frame == "body" else cam
     return target.mean(0).float(), target.std(0).clamp(min=1.0).float()
 

@@ -129,7 +129,7 @@ class PoseNet(nn.Module):
             )
             self.orientation_pool = nn.AdaptiveAvgPool2d(grid)
             self.orientation = nn.Sequential(
-                nn.Flatten(), nn.Linear(channels * grid * grid, 256), nn.ReLU(), nn.Linear(256, 6)
+                nn.Linear(channels * grid * grid, 256), nn.ReLU(), nn.Linear(256, 6)
             )
         self.register_buffer("pose_mean", torch.zeros(NUM_JOINTS, 3))
         self.register_buffer("pose_std", torch.ones(NUM_JOINTS, 3))
@@ -155,7 +155,9 @@ class PoseNet(nn.Module):
         if self.orientation is None:
             return {"embedding": embedding, "pose_cam": pose, "features": features}
         source = {"pooled": layer4, "layer4": layer4, "layer3": layer3}[self.orientation_from]
-        rotation = rotation_6d_to_matrix(self.orientation(self.orientation_pool(source)))
+        rotation = rotation_6d_to_matrix(
+            self.orientation(torch.flatten(self.orientation_pool(source), 1))
+        )
         return {
             "embedding": embedding,
             "pose_body": pose,
