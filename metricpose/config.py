@@ -133,7 +133,7 @@ def validate(config: dict[str, Any]) -> None:
     """Check ranges and choices; raise ConfigError naming the key."""
     _choice(config, "model.backbone", ("resnet18", "resnet34", "resnet50"))
     _choice(config, "model.pose_frame", ("body", "camera"))
-    _choice(config, "model.orientation_from", ("pooled", "layer4", "layer3"))
+    _choice(config, "model.orientation_from", ("pooled", "layer4", "layer3", "separate"))
     _choice(config, "loss.pose", ("l2", "l1"))
     _choice(config, "loss.metric", ("hardnet", "infonce", "contrastive"))
     _choice(config, "loss.negatives", ("same_subject", "any"))

@@ -74,14 +74,15 @@ def test_metric_loss_learns_view_invariance(tiny_studio, tmp_path):
         "train.val_every=150",
         "loss.time_window=4",
         "batch.size=16",
+        "loss.metric_weight=1.0",
     )
     train(config, tmp_path / "run", progress=False)
     rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     col = header.index("train/metric")
     values = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
-    assert np.mean(values[-20:]) < 0.7 * np.mean(values[:10])
-    # Same instant from two cameras is closer than different instants (on held-out frames of
+    assert np.mean(values[-20:]) < 0.8 * np.mean(values[:10])
+    # Same instant from two cameras is closer than different instants (every 3rd instant of
     # the training subjects).
     model, _ = load_model(tmp_path / "run" / "model.pt")
     ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"], num_views=1)
@@ -94,7 +95,7 @@ def test_metric_loss_learns_view_invariance(tiny_studio, tmp_path):
     far = torch.as_tensor(np.abs(pred.frame[:, None] - pred.frame[None]) >= 4) | torch.as_tensor(
         pred.sequence[:, None] != pred.sequence[None]
     )
-    assert d[same_instant].mean() < 0.7 * d[far].mean()
+    assert d[same_instant].mean() < 0.8 * d[far].mean()
 
 
 def test_mirroring_swaps_sides_and_is_an_involution(tiny_studio):

@@ -22,7 +22,7 @@ from torch import nn
 from metricpose.models.backbone import ResNetBackbone
 from metricpose.skeleton import NUM_JOINTS
 
-ORIENTATION_SOURCES = ("pooled", "layer4", "layer3")
+ORIENTATION_SOURCES = ("pooled", "layer4", "layer3", "separate")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -120,13 +120,16 @@ class PoseNet(nn.Module):
         if pose_frame == "body":
             # "pooled": the globally pooled features that also feed the embedding; "layer4" /
             # "layer3": that stage's map pooled to a coarse grid, keeping the spatial layout
-            # that tells left from right and is spared the last stage's view invariance.
-            grid = {"pooled": 1, "layer4": 2, "layer3": 4}[orientation_from]
-            channels = (
-                feat
-                if orientation_from == "pooled"
-                else self.backbone.stage_channels[orientation_from]
-            )
+            # that tells left from right; "separate": a quarter-width backbone of its own,
+            # trained by the 3D loss alone, out of reach of the metric loss's view invariance.
+            grid = {"pooled": 1, "layer4": 2, "layer3": 4, "separate": 2}[orientation_from]
+            if orientation_from == "separate":
+                self.orientation_backbone = ResNetBackbone(backbone, width / 2)
+                channels = self.orientation_backbone.out_features
+            elif orientation_from == "pooled":
+                channels = feat
+            else:
+                channels = self.backbone.stage_channels[orientation_from]
             self.orientation_pool = nn.AdaptiveAvgPool2d(grid)
             self.orientation = nn.Sequential(
                 nn.Linear(channels * grid * grid, 256), nn.ReLU(), nn.Linear(256, 6)
@@ -147,14 +150,18 @@ class PoseNet(nn.Module):
         """images (B, S, S, 3) 0-255 RGB -> dict with
         ``embedding`` (B, D) unit-norm, ``pose_cam`` (B, 17, 3) root-relative camera-frame mm,
         and for pose_frame="body" also ``pose_body`` (B, 17, 3) mm and ``rotation`` (B, 3, 3)."""
-        layer3, layer4 = self.backbone.feature_maps(self.normalise_images(images))
+        x = self.normalise_images(images)
+        layer3, layer4 = self.backbone.feature_maps(x)
         features = torch.flatten(self.backbone.avgpool(layer4), 1)
         embedding = nn.functional.normalize(self.embed(features), dim=-1)
         pose = self.regressor(embedding).view(-1, NUM_JOINTS, 3) * self.pose_std + self.pose_mean
         pose = pose - pose[:, :1]
         if self.orientation is None:
             return {"embedding": embedding, "pose_cam": pose, "features": features}
-        source = {"pooled": layer4, "layer4": layer4, "layer3": layer3}[self.orientation_from]
+        if self.orientation_from == "separate":
+            source = self.orientation_backbone.feature_maps(x)[1]
+        else:
+            source = {"pooled": layer4, "layer4": layer4, "layer3": layer3}[self.orientation_from]
         rotation = rotation_6d_to_matrix(
             self.orientation(torch.flatten(self.orientation_pool(source), 1))
         )
