@@ -230,3 +230,21 @@ def test_ddp_two_cpu_processes_share_negatives(tiny_studio, tmp_path):
     pools = {float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]}
     assert pools == {16.0}  # batch.size 8 on each of 2 processes
     assert (tmp_path / "ddp" / "model.pt").exists()
+
+
+def test_same_seed_same_weights(tiny_studio, tmp_path):
+    config = config_for(tiny_studio, "metric_adv", "train.steps=5", "train.val_every=5")
+    a = train(config, tmp_path / "a", progress=False)
+    b = train(config, tmp_path / "b", progress=False)
+    assert a["steps"] == b["steps"] == 5
+    wa, _ = load_model(tmp_path / "a" / "model.pt")
+    wb, _ = load_model(tmp_path / "b" / "model.pt")
+    for (name, x), y in zip(wa.state_dict().items(), wb.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=name)
+    other = train(
+        config_for(tiny_studio, "metric_adv", "train.steps=5", "train.val_every=5", "seed=1"),
+        tmp_path / "c",
+        progress=False,
+    )
+    wc, _ = load_model(tmp_path / "c" / "model.pt")
+    assert other["steps"] == 5 and not torch.equal(wa.embed.weight, wc.embed.weight)

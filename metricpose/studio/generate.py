@@ -14,7 +14,7 @@ from metricpose.errors import InputError
 from metricpose.studio.body import make_subject
 from metricpose.studio.motion import ACTIONS, generate_take
 from metricpose.studio.render import CameraBackdrop, Studio, render_take
-from metricpose.studio.rig import default_rig, random_rig
+from metricpose.studio.rig import default_rig, load_rig, random_rig
 
 TRAIN_SUBJECTS = ["S1", "S5", "S6", "S7", "S8"]
 TEST_SUBJECTS = ["S9", "S11"]
@@ -29,6 +29,7 @@ class SynthConfig:
     fps: float = 12.5
     cameras: int = 4
     random_rig: bool = False
+    rig_file: str | None = None  # cameras.json-style list: positions, intrinsics, distortion
     res: int = 64
     seed: int = 0
 
@@ -67,11 +68,12 @@ def generate(out: Path, config: SynthConfig, progress: bool = True) -> list[Path
     (out / "studio.json").write_text(json.dumps(asdict(config), indent=1))
     seed = config.seed
     studio = Studio.random(np.random.default_rng([seed, 0]))
-    rig = (
-        random_rig(config.cameras, np.random.default_rng([seed, 1]))
-        if config.random_rig
-        else default_rig(config.cameras)
-    )
+    if config.rig_file:
+        rig = load_rig(Path(config.rig_file))
+    elif config.random_rig:
+        rig = random_rig(config.cameras, np.random.default_rng([seed, 1]))
+    else:
+        rig = default_rig(config.cameras)
     backdrops = [CameraBackdrop(studio, cam) for cam in rig]
     jobs = [(s, a, k) for s in config.subjects for a in config.actions for k in range(config.takes)]
     written = []
