@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= runs/demo
 DEMO_PRESET ?= default
 
-.PHONY: demo test bench install lint format
+.PHONY: demo test bench bench-demo install lint format
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-demo: $(STAMP)
+	$(BIN)/python bench/run.py --demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check metricpose tests bench

@@ -5,6 +5,7 @@ Run with `make bench`. Prints a table and writes bench/results/latest.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -19,7 +20,24 @@ from bench_studio import render_rate  # noqa: E402
 from bench_training import step_ratio  # noqa: E402
 
 
+def demo_minutes() -> float:
+    """Wall-clock minutes of the default demo from scratch (data, 3 trainings, evaluation)."""
+    import tempfile
+
+    from metricpose.demo import run_demo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        run_demo(Path(tmp) / "demo", "default", progress=False)
+        return (time.perf_counter() - began) / 60
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--demo", action="store_true", help="also time the default demo (about 10 minutes)"
+    )
+    args = parser.parse_args()
     torch.manual_seed(0)
     figures = []
     began = time.perf_counter()
@@ -61,6 +79,17 @@ def main() -> None:
             "met": None,
         }
     )
+    if args.demo:
+        minutes = demo_minutes()
+        figures.append(
+            {
+                "name": "default demo, end to end",
+                "value": round(minutes, 2),
+                "unit": "minutes",
+                "target": 10,
+                "met": minutes <= 10,
+            }
+        )
     machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch threads, torch {torch.__version__}".strip()
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)

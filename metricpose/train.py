@@ -82,7 +82,9 @@ def mirror_instants(batch: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[
     out = dict(batch)
     f_img = flip[:, None, None, None, None]
     out["images"] = torch.where(f_img, batch["images"].flip(3), batch["images"])
-    mirrored = batch["pose_cam"][:, :, list(FLIP_INDEX)] * torch.tensor([-1.0, 1.0, 1.0])
+    mirrored = batch["pose_cam"][:, :, list(FLIP_INDEX)] * batch["pose_cam"].new_tensor(
+        [-1.0, 1.0, 1.0]
+    )
     out["pose_cam"] = torch.where(flip[:, None, None, None], mirrored, batch["pose_cam"])
     return out
 
@@ -127,7 +129,7 @@ class PoseModule(L.LightningModule):
         B = batch["images"].shape[0]
         g = torch.Generator().manual_seed(self.config["seed"] * 7919 + self.global_step)
         if self.config["augment"]["flip"]:
-            batch = mirror_instants(batch, torch.rand(B, generator=g) < 0.5)
+            batch = mirror_instants(batch, (torch.rand(B, generator=g) < 0.5).to(self.device))
         images = batch["images"].flatten(0, 1)  # (2B, S, S, 3): instant-major, views inner
         if self.config["augment"]["colour"]:
             images = colour_augment(images, g)
