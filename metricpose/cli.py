@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output folder (results.json, report.md, plots, runs/)"
     )
-    p.add_argument("--preset", default="default", help="tiny | default | sweep | full")
+    p.add_argument("--preset", default="default", help="tiny | default | seeds | sweep | full")
     p.add_argument(
         "--data",
         help="studio data folder (default: OUT/data/studio-<preset>; generated if missing)",

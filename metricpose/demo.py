@@ -50,6 +50,8 @@ PRESETS: dict[str, DemoPreset] = {
     ),
     # The README's main job: ~10 minutes on 2 CPU cores.
     "default": DemoPreset("default", ["S1"], [0], ["train.steps=1000", "train.val_every=500"], query_stride=3),
+    # The default experiment over three seeds: is a difference beyond seed noise?
+    "seeds": DemoPreset("default", ["S1"], [0, 1, 2], ["train.steps=1000", "train.val_every=500"], query_stride=3),
     # Mean and spread over seeds and label amounts (about an hour on 2 CPU cores).
     "sweep": DemoPreset("default", ["S1", "fraction:0.05", "fraction:0.3"], [0, 1, 2], ["train.steps=1000", "train.val_every=500"], query_stride=3),
     # The large study, for a GPU.
