@@ -70,7 +70,11 @@ def plot_mpjpe_vs_labels(runs: list[dict[str, Any]], path: Path) -> None:
 def plot_training_curves(run_dirs: list[Path], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for run_dir in run_dirs:
-        rows = list(csv.DictReader(open(Path(run_dir) / "logs" / "metrics.csv")))
+        rows = [
+            row
+            for log in sorted((Path(run_dir) / "logs").glob("**/metrics.csv"))
+            for row in csv.DictReader(open(log))
+        ]
         for ax, key in zip(axes, ("train/pose", "train/metric", "val/mpjpe"), strict=True):
             pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
             if pts:

@@ -15,7 +15,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from metricpose.checkpoint import AtomicCheckpointIO, build_model, safe_load, save_model
 from metricpose.config import parse_labels
@@ -94,6 +94,21 @@ def collate_keys(dataset: MultiViewDataset):
         return default_collate([dataset[k] for k in keys])
 
     return collate
+
+
+class StepBatches(IterableDataset):
+    """Collated batches of the sampler's remaining steps, in step order. With DataLoader
+    workers, worker w builds steps w, w + W, ...; the loader returns them round-robin, which
+    is step order again."""
+
+    def __init__(self, sampler: MixedBatchSampler, collate) -> None:
+        self.sampler, self.collate = sampler, collate
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for step in range(self.sampler.start_step + worker, self.sampler.steps, workers):
+            yield self.collate(self.sampler.batch(step))
 
 
 class PoseModule(L.LightningModule):
@@ -319,12 +334,16 @@ def train(
         start_step=start_step, rank=rank,
     )  # fmt: skip
     workers = data["num_workers"]
-    loader_args = {
-        "collate_fn": collate_keys(dataset),
-        "num_workers": workers,
-        "persistent_workers": workers > 0,
-    }
-    train_loader = DataLoader(list(sampler), batch_size=None, **loader_args)
+    collate = collate_keys(dataset)
+    # An iterable of the remaining steps' batches, without a length: Lightning then never ends
+    # an "epoch" early and restarts it on resume; max_steps ends training.
+    train_loader = DataLoader(
+        StepBatches(sampler, collate),
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    loader_args = {"collate_fn": collate, "num_workers": workers, "persistent_workers": workers > 0}
     val_rng = np.random.default_rng([config["seed"], 11])
     val_keys = [
         FrameKey(int(i), (0, 1))
@@ -360,7 +379,10 @@ def train(
         gradient_clip_val=config["train"]["grad_clip"] or None,
         callbacks=callbacks,
         logger=[
-            CSVLogger(out, name="logs", version=""),
+            # A resumed run logs beside the first attempt's CSV instead of overwriting it.
+            CSVLogger(
+                out, name="logs", version="" if not start_step else f"resumed-at-{start_step}"
+            ),
             TensorBoardLogger(out, name="tensorboard", version=""),
         ],
         log_every_n_steps=config["train"]["log_every"],

@@ -55,7 +55,7 @@ def test_presets_train_and_save_a_loadable_model(tiny_studio, tmp_path, preset):
     ):
         assert (tmp_path / "run" / name).exists(), name
     model, config = load_model(tmp_path / "run" / "model.pt")
-    assert config["loss"]["metric_weight"] == (0.0 if preset == "baseline" else 1.0)
+    assert config["loss"]["metric_weight"] == (0.0 if preset == "baseline" else 0.3)
     header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train/pose" in header and ("train/metric" in header) == (preset != "baseline")
     assert ("train/adversarial" in header) == (preset == "metric_adv")

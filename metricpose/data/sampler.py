@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-from torch.utils.data import Sampler
 
 from metricpose.data.dataset import FrameKey
 from metricpose.errors import InputError
 
 
-class MixedBatchSampler(Sampler[list[FrameKey]]):
-    """Yields one batch of instants per training step, each seen from two distinct cameras.
+class MixedBatchSampler:
+    """Draws one batch of instants per training step, each seen from two distinct cameras.
 
     A batch holds ``round(labelled_fraction * batch_size)`` instants drawn from the labelled
     pool and fills the rest with instants of **one** training subject (drawn anew each step),
@@ -44,9 +41,6 @@ class MixedBatchSampler(Sampler[list[FrameKey]]):
             raise InputError("the batch asks for labelled instants but none are labelled")
         self.steps, self.seed, self.start_step, self.rank = steps, seed, start_step, rank
 
-    def __len__(self) -> int:
-        return self.steps - self.start_step
-
     def batch(self, step: int) -> list[FrameKey]:
         rng = np.random.default_rng([self.seed, step, self.rank])
         chosen = rng.choice(
@@ -63,7 +57,3 @@ class MixedBatchSampler(Sampler[list[FrameKey]]):
             views = rng.choice(self.num_cameras[index], size=2, replace=False)
             keys.append(FrameKey(int(index), (int(views[0]), int(views[1]))))
         return keys
-
-    def __iter__(self) -> Iterator[list[FrameKey]]:
-        for step in range(self.start_step, self.steps):
-            yield self.batch(step)
