@@ -84,7 +84,7 @@ def plot_training_curves(run_dirs: list[Path], path: Path) -> None:
                     marker="." if key == "val/mpjpe" else None,
                 )
     for ax, title in zip(
-        axes, ("3D loss (labelled, mm)", "metric loss", "validation MPJPE (mm)"), strict=True
+        axes, ("3D loss (labelled, metres)", "metric loss", "validation MPJPE (mm)"), strict=True
     ):
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
