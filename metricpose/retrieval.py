@@ -37,8 +37,9 @@ from metricpose.models.posenet import body_frame
 KS = (1, 5, 10, 20)
 
 
-def build_index(vectors: np.ndarray, ivf_lists: int = 0) -> faiss.Index:
-    """An exact L2 index, or an IVF-Flat one with ``ivf_lists`` lists when > 0."""
+def build_index(vectors: np.ndarray, ivf_lists: int = 0, nprobe: int = 0) -> faiss.Index:
+    """An exact L2 index, or an IVF-Flat one with ``ivf_lists`` lists searched ``nprobe`` at a
+    time (default: a quarter of the lists) when ``ivf_lists`` > 0."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     d = vectors.shape[1]
     if ivf_lists <= 0:
@@ -46,17 +47,18 @@ def build_index(vectors: np.ndarray, ivf_lists: int = 0) -> faiss.Index:
     else:
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, ivf_lists)
         index.train(vectors)
-        index.nprobe = max(1, ivf_lists // 8)
+        index.nprobe = nprobe or max(1, ivf_lists // 4)
     index.add(vectors)
     return index
 
 
-def search(database: np.ndarray, queries: np.ndarray, k: int, ivf_lists: int = 0) -> np.ndarray:
+def search(
+    database: np.ndarray, queries: np.ndarray, k: int, ivf_lists: int = 0, nprobe: int = 0
+) -> np.ndarray:
     """(Q, k) database row indices of each query's k nearest neighbours, nearest first."""
     k = min(k, len(database))
-    _, idx = build_index(database, ivf_lists).search(
-        np.ascontiguousarray(queries, dtype=np.float32), k
-    )
+    index = build_index(database, ivf_lists, nprobe)
+    _, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return idx
 
 
