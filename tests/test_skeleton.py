@@ -56,3 +56,36 @@ def test_coco_mapping_marks_missing_joints():
     for ours_index, coco_index in enumerate(sk.FROM_COCO):
         if coco_index != sk.MISSING and ours_index != 9:
             assert sk.COCO_NAMES[coco_index] == sk.JOINT_NAMES[ours_index]
+
+
+def test_panoptic_bodies_map_and_project_into_the_hd_cameras(fixtures_dir):
+    import json
+
+    from metricpose.cameras import Camera
+
+    root = fixtures_dir / "panoptic" / "160906_band1"
+    scene = json.loads((root / "hdPose3d_stage1_coco19" / "body3DScene_00000168.json").read_text())
+    bodies = np.array([np.array(b["joints19"]).reshape(19, 4) for b in scene["bodies"]])
+    # Joints that Panoptic could not reconstruct carry confidence -1; keep whole bodies only.
+    joints = bodies[(bodies[..., 3] > 0).all(1), :, :3] * 10.0  # cm -> mm
+    assert len(joints) == 1
+    ours, exists = sk.remap_joints(joints, sk.FROM_PANOPTIC_19)
+    assert exists.sum() == 15 and not exists[[7, 10]].any()
+    rel = ours - ours[:, :1]
+    hips = np.linalg.norm(rel[:, [1, 4]], axis=-1)
+    assert (hips > 50).all() and (hips < 200).all()
+    np.testing.assert_allclose(hips[:, 0], hips[:, 1], rtol=0.25)  # left and right hip alike
+    assert (np.linalg.norm(rel[:, 8], axis=-1) > 2 * hips.max(1)).all()  # thorax far above
+
+    calib = json.loads((root / "calibration_160906_band1.json").read_text())
+    inside = []
+    for c in (c for c in calib["cameras"] if c["type"] == "hd"):
+        cam = Camera(K=c["K"], R=c["R"], t=np.array(c["t"]).ravel() * 10.0, width=c["resolution"][0],
+                     height=c["resolution"][1], dist=np.array(c["distCoef"]).ravel(), name=c["name"])  # fmt: skip
+        pts = joints.reshape(-1, 3)
+        in_front = cam.world_to_camera(pts)[:, 2] > 0
+        uv = cam.project(pts)
+        inside.append(in_front.all() and ((uv >= 0) & (uv < [cam.width, cam.height])).all())
+    # About half of the HD cameras see the whole person; with t left in centimetres (or a
+    # wrong K) next to none would. The fixture has no 2D annotations to test more closely.
+    assert np.mean(inside) > 0.4
