@@ -12,11 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from metricpose.demo import VARIANTS  # noqa: E402
 from metricpose.evaluate import Predictions  # noqa: E402
 from metricpose.retrieval import protocol, search  # noqa: E402
 from metricpose.viz import plot_skeleton_3d  # noqa: E402
-
-VARIANTS = ("baseline", "metric", "metric_adv")
 
 
 def _groups(runs: list[dict[str, Any]], key: str) -> dict[tuple[str, str], list[float]]:
