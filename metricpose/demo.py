@@ -138,11 +138,13 @@ def run_demo(
         )
         gallery = gallery or (pred if pred.images is not None else None)
         scores = score(pred)
-        retrieval = evaluate_retrieval(pred, query_stride=preset.query_stride, seed=run["seed"])
+        retrieval = evaluate_retrieval(
+            pred, preset.query_stride, seed=run["seed"], references=references is None
+        )
         cross = None
         if len(set(pred.subject)) > 1:  # the cross-subject variant needs two test subjects
             cross = evaluate_retrieval(
-                pred, preset.query_stride, cross_subject=True, seed=run["seed"]
+                pred, preset.query_stride, cross_subject=True, references=False
             )
         references = references or {k: retrieval[k] for k in ("oracle_3d", "random")}
         probe = identity_probe(

@@ -133,9 +133,11 @@ def evaluate_retrieval(
     ivf_lists: int = 0,
     seed: int = 0,
     sets: list[RetrievalSet] | None = None,
+    references: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Scores of the embedding and of the oracle and random reference rows, on ``sets`` (from
-    a key file) or on the protocol's own splits."""
+    """Scores of the embedding (and, with ``references``, of the oracle and random reference
+    rows, which do not depend on the model), on ``sets`` (from a key file) or on the
+    protocol's own splits."""
     if not pred.labelled.all():
         raise InputError("retrieval scoring needs ground-truth 3D poses for every evaluated frame")
     sets = sets if sets is not None else protocol(pred, query_stride, cross_subject)
@@ -148,6 +150,9 @@ def evaluate_retrieval(
         search(pred.embedding[rs.database], pred.embedding[rs.queries], kmax, ivf_lists)
         for rs in sets
     ]
+    result = {"embedding": _scores(pred, sets, emb, threshold)}
+    if not references:
+        return result
     # Oracle: nearest by the true pose itself, in the body-centred frame (no view, no heading).
     gt = torch.as_tensor(pred.pose_gt)
     flat = (gt @ body_frame(gt)).reshape(len(gt), -1).numpy()
@@ -157,11 +162,9 @@ def evaluate_retrieval(
         rng.integers(len(rs.database), size=(len(rs.queries), min(kmax, len(rs.database))))
         for rs in sets
     ]
-    return {
-        "embedding": _scores(pred, sets, emb, threshold),
-        "oracle_3d": _scores(pred, sets, oracle, threshold),
-        "random": _scores(pred, sets, random, threshold),
-    }
+    result["oracle_3d"] = _scores(pred, sets, oracle, threshold)
+    result["random"] = _scores(pred, sets, random, threshold)
+    return result
 
 
 def write_keys(path: Path, pred: Predictions, sets: list[RetrievalSet]) -> None:
