@@ -159,3 +159,21 @@ def test_identity_adversary_learns_the_subject_while_the_embedding_gets_reversed
     e_plain = emb.clone().requires_grad_(True)
     torch.nn.functional.cross_entropy(adversary.classifier(e_plain), subject).backward()
     torch.testing.assert_close(e.grad, -e_plain.grad)
+
+
+def test_multiview_consistency_is_zero_for_agreeing_views_and_measures_disagreement():
+    from scipy.spatial.transform import Rotation
+
+    from metricpose.losses import multiview_consistency_loss
+
+    world = torch.randn(3, 17, 3, dtype=torch.float64)
+    Ra = torch.as_tensor(Rotation.from_euler("y", [[10], [50], [90]], degrees=True).as_matrix())
+    Rb = torch.as_tensor(Rotation.from_euler("x", [[20], [-30], [5]], degrees=True).as_matrix())
+    pose_a = world @ Ra.transpose(1, 2)  # the same world pose seen by two cameras
+    pose_b = world @ Rb.transpose(1, 2)
+    assert multiview_consistency_loss(pose_a, pose_b, Ra, Rb).item() == pytest.approx(
+        0.0, abs=1e-12
+    )
+    shifted = pose_b.clone()
+    shifted[:, 4] += Rb[:, :, 0] * 0.3  # one joint moved 0.3 along the world x axis
+    assert multiview_consistency_loss(pose_a, shifted, Ra, Rb).item() == pytest.approx(0.3 / 17)
