@@ -167,8 +167,9 @@ def multiview_consistency_loss(
     """Disagreement of two views' predictions of one instant once both are rotated into the
     world frame (Rhodin et al. 2018): mean per-joint distance between Rₐᵀ·pose_a and R_bᵀ·pose_b.
 
-    Needs the cameras' rotations (calibration) but no 3D label; it teaches the orientation
-    head, which the view-invariant metric loss cannot reach.
+    Needs the cameras' rotations (calibration) but no 3D label; it is meant to reach the
+    orientation head, which the view-invariant metric loss cannot. In the studio it is
+    satisfied by a shortcut instead (backgrounds identify the camera; docs/design.md).
 
     Args:
         pose_a, pose_b: (B, 17, 3) root-relative camera-frame poses (any unit).

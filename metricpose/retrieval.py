@@ -33,6 +33,7 @@ from metricpose.errors import InputError
 from metricpose.evaluate import Predictions
 from metricpose.metrics import pa_mpjpe_per_sample
 from metricpose.models.posenet import body_frame
+from metricpose.skeleton import root_relative
 
 KS = (1, 5, 10, 20)
 
@@ -64,7 +65,7 @@ def search(
 
 def normalise_pose(poses: np.ndarray) -> np.ndarray:
     """Centre (N, 17, 3) poses on the pelvis and scale each to unit RMS joint distance."""
-    centred = poses - poses[:, :1]
+    centred = root_relative(poses)
     rms = np.sqrt((centred**2).sum(-1).mean(-1))
     return centred / np.maximum(rms, 1e-9)[:, None, None]
 

@@ -17,7 +17,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from metricpose.checkpoint import AtomicCheckpointIO, build_model, safe_load, save_model
+from metricpose.checkpoint import (
+    AtomicCheckpointIO,
+    atomic_write_bytes,
+    build_model,
+    safe_load,
+    save_model,
+)
 from metricpose.config import parse_labels
 from metricpose.data.dataset import FrameKey, MultiViewDataset
 from metricpose.data.sampler import MixedBatchSampler
@@ -232,14 +238,11 @@ def _pose_statistics(
     dataset: MultiViewDataset, supervised: np.ndarray, frame: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (17, 3) mm of the supervised targets, over all their camera views."""
-    poses = []
-    for index in np.flatnonzero(supervised):
-        seq = dataset.sequences[dataset.seq_index[index]]
-        world = seq.poses_3d[dataset.frame_index[index]].astype(np.float64)
-        for camera in seq.cameras:
-            pose = camera.world_to_camera(world)
-            poses.append(pose - pose[:1])
-    cam = torch.as_tensor(np.stack(poses))
+    poses = [
+        dataset.sequences[dataset.seq_index[i]].poses_camera(int(dataset.frame_index[i]))
+        for i in np.flatnonzero(supervised)
+    ]
+    cam = torch.as_tensor(np.concatenate(poses))
     target = cam @ body_frame(cam) if frame == "body" else cam
     return target.mean(0).float(), target.std(0).clamp(min=1.0).float()
 
@@ -343,20 +346,24 @@ def train(
         num_workers=workers,
         persistent_workers=workers > 0,
     )
-    loader_args = {"collate_fn": collate, "num_workers": workers, "persistent_workers": workers > 0}
     val_rng = np.random.default_rng([config["seed"], 11])
     val_keys = [
         FrameKey(int(i), (0, 1))
         for i in val_rng.permutation(val_pool)[: config["train"]["val_frames"]]
     ]
-    val_loader = DataLoader(val_keys, batch_size=64, **loader_args)
+    val_loader = DataLoader(
+        val_keys,
+        batch_size=64,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     every = config["train"]["val_every"]
     callbacks = [
-        ModelCheckpoint(
+        ModelCheckpoint(  # last.ckpt only, every `every` steps: what --resume continues from
             dirpath=ckpt_dir,
-            filename="step{step:06d}",
             every_n_train_steps=every,
             save_last=True,
             save_top_k=0,
@@ -411,5 +418,6 @@ def train(
             dataset.subjects,
             trainer.global_step,
         )
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        # Written last and atomically: the demo takes its presence for a finished run.
+        atomic_write_bytes(out / "train_summary.json", json.dumps(summary, indent=1).encode())
     return summary

@@ -101,9 +101,8 @@ class MultiViewDataset(Dataset):
         R = np.stack([c.R for c in cams])
         tr = np.stack([c.t for c in cams])
         if seq.labelled:
-            world = seq.poses_3d[t].astype(np.float64)
-            cam = np.einsum("vij,nj->vni", R, world) + tr[:, None]
-            pose_cam = cam - cam[:, :1]
+            world = seq.poses_3d[t]
+            pose_cam = seq.poses_camera(t, views)
         else:
             world = np.zeros((17, 3))
             pose_cam = np.zeros((len(views), 17, 3))

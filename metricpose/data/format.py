@@ -29,7 +29,7 @@ import numpy as np
 
 from metricpose.cameras import Camera
 from metricpose.errors import InputError
-from metricpose.skeleton import BONES, NUM_JOINTS
+from metricpose.skeleton import BONES, NUM_JOINTS, root_relative
 
 FORMAT_NAME = "metricpose-sequence"
 FORMAT_VERSION = 1
@@ -216,6 +216,12 @@ class Sequence:
     @property
     def labelled(self) -> bool:
         return self.poses_3d is not None
+
+    def poses_camera(self, frame: int, views: tuple[int, ...] | None = None) -> np.ndarray:
+        """(V, 17, 3) root-relative pose of one frame in the chosen cameras' frames, mm."""
+        world = self.poses_3d[frame].astype(np.float64)
+        cams = self.cameras if views is None else [self.cameras[v] for v in views]
+        return np.stack([root_relative(c.world_to_camera(world)) for c in cams])
 
     def frames(self, camera_name: str) -> np.ndarray:
         """(T, S, S, 3) uint8 crops of one camera, memory-mapped."""
