@@ -303,3 +303,9 @@ def look_at(
 def intrinsics(focal_px: float, width: int, height: int) -> np.ndarray:
     """A 3x3 K with square pixels and the principal point at the image centre."""
     return np.array([[focal_px, 0, (width - 1) / 2], [0, focal_px, (height - 1) / 2], [0, 0, 1.0]])
+
+
+def intrinsics_matrix(focal_px: np.ndarray, center_px: np.ndarray) -> np.ndarray:
+    """A 3x3 K from focal lengths (fx, fy) and principal point (cx, cy), all in px."""
+    (fx, fy), (cx, cy) = np.ravel(focal_px)[:2], np.ravel(center_px)[:2]
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])

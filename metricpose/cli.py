@@ -45,6 +45,59 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from metricpose.prepare import prepare
+
+    counts = prepare(args)
+    print(
+        f"{args.out}: wrote {counts['written']} sequences, kept {counts['skipped']} complete from before"
+    )
+    return _check_data(argparse.Namespace(data=args.out))
+
+
+def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="convert a real dataset or your own rig to the metricpose format",
+        description="Convert Human3.6M, MPI-INF-3DHP, CMU Panoptic or your own calibrated "
+        "multi-view recording (docs/datasets.md). Re-running resumes: complete sequences are kept.",
+    )
+    kinds = p.add_subparsers(dest="source", required=True)
+    parsers = {
+        "h36m": kinds.add_parser("h36m", help="Human3.6M (official download or mmpose layout)"),
+        "mpi-inf-3dhp": kinds.add_parser("mpi-inf-3dhp", help="MPI-INF-3DHP training or test set"),
+        "panoptic": kinds.add_parser("panoptic", help="one CMU Panoptic Studio sequence folder"),
+        "custom": kinds.add_parser("custom", help="your own synchronised, calibrated recording"),
+    }
+    for name, q in parsers.items():
+        q.add_argument("--root", required=True, help="the source folder")
+        q.add_argument("--out", required=True, help="dataset folder to write (or resume)")
+        q.add_argument("--crop-size", type=int, default=128, help="side of the stored crops, px")
+        q.add_argument("--stride", type=int, default=1 if name != "h36m" else 5,
+                       help="keep every n-th frame")  # fmt: skip
+        q.add_argument("--no-frames", action="store_true",
+                       help="cameras and 3D poses only: no video decoding")  # fmt: skip
+        q.add_argument("--no-progress", action="store_true")
+    h = parsers["h36m"]
+    h.add_argument("--subjects", help="comma-separated (default: S1,S5,S6,S7,S8,S9,S11)")
+    h.add_argument("--annotations", help="mmpose layout: the annotation .npz (images under --root)")
+    m = parsers["mpi-inf-3dhp"]
+    m.add_argument("--subjects", help="comma-separated (default: S1..S8)")
+    m.add_argument("--cameras", help="camera numbers, comma-separated (default: 0-10)")
+    m.add_argument("--all-cameras", action="store_true", help="include the ceiling cameras 11-13")
+    m.add_argument("--test", action="store_true", help="convert the test set TS1-TS6 instead")
+    m.add_argument("--annotations", help="mmpose layout: the annotation .npz (images under --root)")
+    m.add_argument("--cameras-pickle", help="mmpose layout: cameras_train.pkl or cameras_test.pkl")
+    parsers["panoptic"].add_argument(
+        "--cameras", help="HD camera names, e.g. 00_03,00_12 (default: all)"
+    )
+    c = parsers["custom"]
+    c.add_argument("--subject", required=True, help="who is recorded (letters, digits, _ . + -)")
+    c.add_argument("--action", default="capture", help="what they do (default: capture)")
+    c.add_argument("--fps", type=float, default=25.0, help="frame rate of the recording")
+    p.set_defaults(func=_prepare)
+
+
 def _train(args: argparse.Namespace) -> None:
     from metricpose.config import load_config
     from metricpose.train import train
@@ -111,6 +164,8 @@ def _demo(args: argparse.Namespace) -> None:
         Path(args.data) if args.data else None,
         progress=not args.no_progress,
         threads=args.threads,
+        overrides=args.set,
+        variants=tuple(args.variants.split(",")),
     )
 
 
@@ -138,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=4, help="number of frames (rows)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_show)
+
+    _add_prepare_parser(sub)
 
     p = sub.add_parser("check-data", help="validate a dataset and print a summary")
     p.add_argument("data", help="dataset folder")
@@ -202,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="studio data folder (default: OUT/data/studio-<preset>; generated if missing)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override applied to every variant (ablations, e.g. model.pose_frame=camera)",
+    )
+    p.add_argument(
+        "--variants",
+        default="baseline,metric,metric_adv",
+        help="comma-separated variants to train and compare (default: all three)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)
     return parser

@@ -72,10 +72,15 @@ def run_demo(
     data: Path | None = None,
     progress: bool = True,
     threads: int = 0,
+    overrides: list[str] | None = None,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
     if preset_name not in PRESETS:
         raise InputError(f"unknown demo preset {preset_name!r}; choose from {', '.join(PRESETS)}")
     preset = PRESETS[preset_name]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise InputError(f"unknown demo variants {unknown}; choose from {', '.join(VARIANTS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -88,14 +93,15 @@ def run_demo(
     runs = []
     for labels in preset.labels:
         for seed in preset.seeds:
-            for variant in VARIANTS:
-                overrides = [
+            for variant in variants:
+                run_overrides = [
                     f"data.root={data}",
                     f"data.labels={labels}",
                     f"seed={seed}",
                     *preset.overrides,
+                    *(overrides or []),
                 ]
-                config = load_config(variant, overrides)
+                config = load_config(variant, run_overrides)
                 run_dir = out / "runs" / _run_name(variant, labels, seed)
                 summary_file = run_dir / "train_summary.json"
                 if summary_file.exists():
@@ -166,7 +172,7 @@ def run_demo(
         "config": {
             "preset": preset_name,
             "studio": preset.studio,
-            "overrides": preset.overrides,
+            "overrides": preset.overrides + list(overrides or []),
             "base": {v: _strip(load_config(v)) for v in VARIANTS},
         },
         "references": references,

@@ -29,7 +29,7 @@ import numpy as np
 
 from metricpose.cameras import Camera
 from metricpose.errors import InputError
-from metricpose.skeleton import BONES, NUM_JOINTS, root_relative
+from metricpose.skeleton import BONES, JOINT_NAMES, NUM_JOINTS, root_relative
 
 FORMAT_NAME = "metricpose-sequence"
 FORMAT_VERSION = 1
@@ -182,26 +182,13 @@ class Sequence:
 
         poses_path = self.folder / "poses_3d.npy"
         self.poses_3d: np.ndarray | None = None
+        self.missing_joints = _parse_missing_joints(
+            self.meta.extra.get("missing_joints"), meta_path
+        )
         if poses_path.exists():
-            poses = _load_array(poses_path)
-            if poses.shape != (T, NUM_JOINTS, 3):
-                raise DatasetError(
-                    f"{poses_path}: expected shape {(T, NUM_JOINTS, 3)} (frames, joints, xyz), got {poses.shape}"
-                )
-            if not np.all(np.isfinite(poses)):
-                bad = np.argwhere(~np.isfinite(poses))[0]
-                raise DatasetError(
-                    f"{poses_path}: NaN or Inf (first at frame {bad[0]}, joint {bad[1]})"
-                )
-            bones = np.linalg.norm(
-                poses[:, [c for _, c in BONES]] - poses[:, [p for p, _ in BONES]], axis=-1
+            self.poses_3d = _check_poses(
+                _load_array(poses_path), T, self.missing_joints, poses_path
             )
-            if np.median(bones) < _MIN_MEDIAN_BONE_MM:
-                raise DatasetError(
-                    f"{poses_path}: median bone length is {np.median(bones):.3g}, implausibly short for "
-                    "millimetres; are the poses in metres? Multiply by 1000."
-                )
-            self.poses_3d = poses.astype(np.float32)
 
         self._frames: dict[str, np.ndarray] = {}
         self.has_frames = all((self.folder / "frames" / f"{n}.npy").is_file() for n in names)
@@ -215,7 +202,8 @@ class Sequence:
 
     @property
     def labelled(self) -> bool:
-        return self.poses_3d is not None
+        """True when every frame has all 17 joints (sources lacking joints count as unlabelled)."""
+        return self.poses_3d is not None and not self.missing_joints
 
     def poses_camera(self, frame: int, views: tuple[int, ...] | None = None) -> np.ndarray:
         """(V, 17, 3) root-relative pose of one frame in the chosen cameras' frames, mm."""
@@ -237,6 +225,39 @@ class Sequence:
                 raise DatasetError(f"{path}: expected uint8 pixels, got {arr.dtype}")
             self._frames[camera_name] = arr
         return self._frames[camera_name]
+
+
+def _parse_missing_joints(raw: Any, path: Path) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
+        raise DatasetError(f"{path}: 'missing_joints' must be a list of joint names")
+    unknown = [n for n in raw if n not in JOINT_NAMES]
+    if unknown:
+        raise DatasetError(f"{path}: 'missing_joints' names unknown joints {unknown}")
+    return list(raw)
+
+
+def _check_poses(poses: np.ndarray, T: int, missing: list[str], path: Path) -> np.ndarray:
+    """Validate (T, 17, 3) world poses in mm; NaN is allowed only in the declared missing joints."""
+    if poses.shape != (T, NUM_JOINTS, 3):
+        raise DatasetError(
+            f"{path}: expected shape {(T, NUM_JOINTS, 3)} (frames, joints, xyz), got {poses.shape}"
+        )
+    present = np.array([n not in missing for n in JOINT_NAMES])
+    if not np.all(np.isfinite(poses[:, present])):
+        bad = np.argwhere(~np.isfinite(poses) & present[None, :, None])[0]
+        raise DatasetError(f"{path}: NaN or Inf (first at frame {bad[0]}, joint {bad[1]})")
+    bones = np.linalg.norm(
+        poses[:, [c for _, c in BONES]] - poses[:, [p for p, _ in BONES]], axis=-1
+    )
+    median_bone = np.nanmedian(bones)
+    if median_bone < _MIN_MEDIAN_BONE_MM:
+        raise DatasetError(
+            f"{path}: median bone length is {median_bone:.3g}, implausibly short for "
+            "millimetres; are the poses in metres? Multiply by 1000."
+        )
+    return poses.astype(np.float32)
 
 
 def _parse_meta(raw: Any, path: Path) -> SequenceMeta:

@@ -1,0 +1,345 @@
+"""What every converter shares: checked readers for source files, crop boxes around projected
+poses, frame cropping, and the resumable loop that writes sequences in the project format.
+
+A converter turns its source into :class:`SourceSequence` objects (cameras, world poses,
+which source frames to keep, and how to read a camera's frames); :func:`convert` does the rest,
+so that resuming, ``--no-frames`` and the final validation behave the same for every dataset.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from metricpose.cameras import Camera
+from metricpose.data.format import SequenceMeta, is_complete, write_sequence
+from metricpose.errors import InputError
+from metricpose.skeleton import JOINT_NAMES
+
+#: A crop box is the projected pose's bounding square enlarged by this factor.
+BOX_MARGIN = 1.25
+#: Smallest crop box side, px: keeps a box finite when only a few joints project.
+MIN_BOX_PX = 32.0
+
+#: (frame index in the source) -> (H, W, 3) uint8 RGB image
+FrameReader = Callable[[list[int]], Iterator[np.ndarray]]
+
+
+@dataclass
+class SourceSequence:
+    """One sequence as a converter found it, before cropping and writing.
+
+    ``poses_world`` is (T, 17, 3) mm with NaN for joints the source lacks or could not
+    reconstruct, or None for unlabelled video. ``boxes`` (V, T, 4) are full-image crop
+    boxes; converters without poses give them directly. ``source_frames`` (T,) are the indices
+    of the kept frames in the source videos/image lists; ``read_frames[v]`` decodes them for
+    camera v.
+    """
+
+    name: str
+    subject: str
+    action: str
+    fps: float
+    cameras: list[Camera]
+    source_frames: list[int]
+    boxes: np.ndarray
+    read_frames: list[FrameReader] | None
+    poses_world: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def require_file(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: {what} not found (is --root the dataset's top folder?)")
+    return path
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: no other class can be constructed."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to construct {module}.{name}")
+
+
+def load_arrays_pickle(path: Path) -> Any:
+    """Load a pickle of dicts/lists/numpy arrays (the mmpose camera files) without running code.
+
+    Python 2 pickles are read with latin-1 strings, as those files were written.
+    """
+    path = require_file(path, "camera pickle")
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{path}: not a pickle of plain dicts and numpy arrays ({exc}); "
+            "metricpose does not unpickle arbitrary objects"
+        ) from None
+
+
+def pose_boxes(
+    points_px: np.ndarray, margin: float = BOX_MARGIN, min_size: float = MIN_BOX_PX
+) -> np.ndarray:
+    """Square crop boxes around 2D joints.
+
+    Args:
+        points_px: (..., J, 2) pixel-centre coordinates; NaN joints are ignored.
+
+    Returns:
+        (..., 4) boxes (x0, y0, x1, y1) in the format's box convention (pixel edges), centred
+        on the joints' bounding box, side = margin · its longer side (at least ``min_size``).
+    """
+    lo = np.nanmin(points_px, axis=-2)
+    hi = np.nanmax(points_px, axis=-2)
+    center = (lo + hi) / 2 + 0.5  # pixel centres -> edge coordinates
+    side = np.maximum((hi - lo).max(axis=-1) * margin, min_size)
+    half = side[..., None] / 2
+    return np.concatenate([center - half, center + half], axis=-1)
+
+
+def center_scale_boxes(center_px: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """mmpose/Human3.6M-style (center, scale) boxes (side = 200·scale px) -> (..., 4) boxes."""
+    half = 100.0 * np.asarray(scale, dtype=np.float64)[..., None]
+    center = np.asarray(center_px, dtype=np.float64) + 0.5
+    return np.concatenate([center - half, center + half], axis=-1)
+
+
+def whole_frame_box(width: int, height: int) -> np.ndarray:
+    """The largest centred square of a frame, (4,)."""
+    side = min(width, height)
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    return np.array([x0, y0, x0 + side, y0 + side], dtype=np.float64)
+
+
+def crop(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """Crop a box (pixel-edge coordinates, may leave the image: black there) resized to size².
+
+    Args:
+        image: (H, W, 3) uint8 RGB. box: (4,). Returns (size, size, 3) uint8.
+    """
+    pil = Image.fromarray(image)
+    out = pil.transform(
+        (size, size),
+        Image.Transform.EXTENT,
+        tuple(float(v) for v in box),
+        Image.Resampling.BILINEAR,
+    )
+    return np.asarray(out, dtype=np.uint8)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; one clear error for a missing or undecodable file."""
+    path = require_file(path, "image")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot decode image ({exc})") from None
+
+
+def image_reader(paths: list[Path] | dict[int, Path]) -> FrameReader:
+    """A frame reader over image files: frame i is ``paths[i]`` (a list, or a dict by frame)."""
+
+    def read(indices: list[int]) -> Iterator[np.ndarray]:
+        for i in indices:
+            if isinstance(paths, dict) and i not in paths:
+                raise InputError(f"no image for frame {i} (have frames {sorted(paths)[:5]}...)")
+            if isinstance(paths, list) and not 0 <= i < len(paths):
+                raise InputError(f"frame {i} requested from a list of {len(paths)} images")
+            yield read_image(paths[i])
+
+    return read
+
+
+def video_frame_count(path: Path) -> int:
+    """Number of frames in a video (decoded count when the container does not say)."""
+    import av
+
+    path = require_file(path, "video")
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            return sum(1 for _ in container.decode(stream))
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise InputError(f"{path}: unreadable video ({exc})") from None
+
+
+def video_reader(path: Path) -> FrameReader:
+    """A frame reader that decodes a video once, front to back, keeping the wanted frames."""
+
+    def read(indices: list[int]) -> Iterator[np.ndarray]:
+        import av
+
+        require_file(path, "video")
+        wanted = iter(sorted(indices))
+        next_index = next(wanted, None)
+        try:
+            with av.open(str(path)) as container:
+                for i, frame in enumerate(container.decode(video=0)):
+                    if next_index is None:
+                        return
+                    if i == next_index:
+                        yield frame.to_ndarray(format="rgb24")
+                        next_index = next(wanted, None)
+        except (av.error.FFmpegError, IndexError) as exc:
+            raise InputError(f"{path}: unreadable or corrupt video ({exc})") from None
+        if next_index is not None:
+            raise InputError(
+                f"{path}: video ends before frame {next_index} (truncated or shorter than its poses)"
+            )
+
+    return read
+
+
+def boxes_from_poses(cameras: list[Camera], poses_world: np.ndarray) -> np.ndarray:
+    """(V, T, 4) crop boxes around each camera's projection of (T, 17, 3) world poses."""
+    return np.stack([pose_boxes(cam.project(poses_world)) for cam in cameras])
+
+
+def clean_partial(out: Path) -> None:
+    """Remove half-written sequence folders left by an interrupted conversion."""
+    for stale in Path(out).glob(".*.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def convert(
+    sequences: Iterable[SourceSequence],
+    out: Path,
+    crop_size: int,
+    with_frames: bool = True,
+    source: str = "",
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write every sequence not already complete in ``out``; returns counts written/skipped.
+
+    Sequences are written atomically, so a killed conversion resumes where it stopped and an
+    interrupted sequence is redone from scratch.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_partial(out)
+    counts = {"written": 0, "skipped": 0}
+    for seq in tqdm(sequences, desc=f"prepare {source}", unit="seq", disable=not progress):
+        if is_complete(out / seq.name):
+            counts["skipped"] += 1
+            continue
+        _write(seq, out, crop_size, with_frames, source)
+        counts["written"] += 1
+    return counts
+
+
+def _write(seq: SourceSequence, out: Path, crop_size: int, with_frames: bool, source: str) -> None:
+    T, V = len(seq.source_frames), len(seq.cameras)
+    if seq.boxes.shape != (V, T, 4):
+        raise AssertionError(f"{seq.name}: boxes {seq.boxes.shape}, expected {(V, T, 4)}")
+    frames = None
+    if with_frames and seq.read_frames is not None:
+        frames = {}
+        for v, (cam, read) in enumerate(zip(seq.cameras, seq.read_frames, strict=True)):
+            crops = np.zeros((T, crop_size, crop_size, 3), dtype=np.uint8)
+            for i, image in enumerate(read(seq.source_frames)):
+                if i == 0 and image.shape[:2] != (cam.height, cam.width):
+                    warnings.warn(
+                        f"{seq.name}, camera {cam.name}: frames are {image.shape[1]}x{image.shape[0]} px "
+                        f"but the calibration says {cam.width}x{cam.height}",
+                        stacklevel=2,
+                    )
+                crops[i] = crop(image, seq.boxes[v, i], crop_size)
+            frames[cam.name] = crops
+    extra = {"source": source, "source_frames": [int(f) for f in seq.source_frames], **seq.extra}
+    if seq.poses_world is not None and np.isnan(seq.poses_world).any():
+        absent = np.isnan(seq.poses_world).any(axis=(0, 2))
+        extra["missing_joints"] = [n for n, a in zip(JOINT_NAMES, absent, strict=True) if a]
+    meta = SequenceMeta(
+        subject=seq.subject,
+        action=seq.action,
+        fps=float(seq.fps),
+        num_frames=T,
+        crop_size=crop_size,
+        cameras=[c.name for c in seq.cameras],
+        extra=extra,
+    )
+    write_sequence(out, seq.name, meta, seq.cameras, seq.boxes, frames, seq.poses_world)
+
+
+def load_annotation_npz(path: Path) -> dict[str, np.ndarray]:
+    """mmpose's preprocessed annotations: imgname (N,), center (N, 2) px, scale (N,), S (N, 17, 4) m."""
+    keys = ("imgname", "center", "scale", "S")
+    path = require_file(path, "annotation file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: unreadable .npz ({exc})") from None
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise InputError(f"{path}: lacks {missing} (has {sorted(data)})")
+    n = len(data["imgname"])
+    for key in keys:
+        if len(data[key]) != n:
+            raise InputError(f"{path}: {key!r} has {len(data[key])} rows, imgname has {n}")
+    if data["S"].ndim != 3 or data["S"].shape[1:2] != (17,) or data["S"].shape[2] < 3:
+        raise InputError(f"{path}: 'S' must be (N, 17, 3 or 4), got {data['S'].shape}")
+    for key in ("S", "center", "scale"):
+        if not np.all(np.isfinite(data[key])):
+            raise InputError(f"{path}: {key!r} contains NaN or Inf")
+    if np.median(np.abs(data["S"][..., :3])) > 50:
+        raise InputError(f"{path}: 'S' looks like millimetres; the mmpose layout stores metres")
+    return data
+
+
+def world_from_views(
+    cameras: list[Camera], poses_cam: np.ndarray, where: Path, tolerance_mm: float = 20.0
+) -> np.ndarray:
+    """World poses from per-camera annotations of the same instants, checked for agreement.
+
+    Args:
+        poses_cam: (V, T, J, 3) camera-frame mm, one slice per camera.
+
+    Returns:
+        (T, J, 3) world mm (from the first camera).
+    """
+    world = cameras[0].camera_to_world(poses_cam[0])
+    for v in range(1, len(cameras)):
+        err = np.nanmax(np.abs(cameras[v].camera_to_world(poses_cam[v]) - world))
+        if err > tolerance_mm:
+            raise InputError(
+                f"{where}: the 3D poses annotated for camera {cameras[v].name} disagree with "
+                f"camera {cameras[0].name}'s by {err:.0f} mm in the world frame "
+                "(mixed-up subjects or wrong calibration?)"
+            )
+    return world
