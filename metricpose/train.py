@@ -348,7 +348,7 @@ def train(
     )
     val_rng = np.random.default_rng([config["seed"], 11])
     val_keys = [
-        FrameKey(int(i), (0, 1))
+        FrameKey(int(i), (0, min(1, int(dataset.num_cameras[i]) - 1)))
         for i in val_rng.permutation(val_pool)[: config["train"]["val_frames"]]
     ]
     val_loader = DataLoader(

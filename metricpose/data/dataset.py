@@ -53,10 +53,6 @@ class MultiViewDataset(Dataset):
         self.num_views = num_views
         seq_ids, frames = [], []
         for i, seq in enumerate(self.sequences):
-            if len(seq.cameras) < num_views:
-                raise DatasetError(
-                    f"{seq.folder}: has {len(seq.cameras)} cameras, {num_views} views requested"
-                )
             t = np.arange(0, seq.meta.num_frames, frame_stride)
             seq_ids.append(np.full(len(t), i))
             frames.append(t)
@@ -87,7 +83,10 @@ class MultiViewDataset(Dataset):
         if isinstance(key, FrameKey):
             index, views = key.index, key.views
         else:
-            index, views = int(key), tuple(range(self.num_views))
+            # A sequence with fewer cameras than views repeats them (single-view datasets).
+            index = int(key)
+            ncams = int(self.num_cameras[index])
+            views = tuple(v % ncams for v in range(self.num_views))
         seq = self.sequences[self.seq_index[index]]
         t = int(self.frame_index[index])
         cams = [seq.cameras[v] for v in views]

@@ -33,12 +33,22 @@ class MixedBatchSampler:
         rank: int = 0,
     ) -> None:
         self.labelled_pool = np.flatnonzero(labelled)
-        self.by_subject = [np.flatnonzero(subject_index == s) for s in np.unique(subject_index)]
+        # The metric part needs instants seen by two cameras; single-view sources (the 3DHP test
+        # set, mmpose's one-camera samples) only contribute labelled instants, whose two "views"
+        # are then two augmentations of the same crop.
+        multiview = num_cameras >= 2
+        pools = [np.flatnonzero((subject_index == s) & multiview) for s in np.unique(subject_index)]
+        self.by_subject = [p for p in pools if len(p)]
         self.num_cameras = num_cameras
         self.batch_size = batch_size
         self.num_labelled = int(round(labelled_fraction * batch_size))
         if self.num_labelled and not len(self.labelled_pool):
             raise InputError("the batch asks for labelled instants but none are labelled")
+        if self.num_labelled < batch_size and not self.by_subject:
+            raise InputError(
+                "the batch asks for unlabelled multi-view instants but no sequence has two "
+                "cameras; set batch.labelled_fraction=1.0 for single-view data"
+            )
         self.steps, self.seed, self.start_step, self.rank = steps, seed, start_step, rank
 
     def batch(self, step: int) -> list[FrameKey]:
@@ -54,6 +64,6 @@ class MixedBatchSampler:
             chosen = np.concatenate([chosen, rng.choice(pool, size=rest, replace=len(pool) < rest)])
         keys = []
         for index in chosen:
-            views = rng.choice(self.num_cameras[index], size=2, replace=False)
+            views = rng.choice(self.num_cameras[index], size=2, replace=self.num_cameras[index] < 2)
             keys.append(FrameKey(int(index), (int(views[0]), int(views[1]))))
         return keys

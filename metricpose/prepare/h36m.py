@@ -196,7 +196,9 @@ def mmpose_sequences(root: Path, annotations: Path) -> Iterator[SourceSequence]:
             source_frames=instants,
             boxes=center_scale_boxes(data["center"][rows], data["scale"][rows]),
             read_frames=[
-                image_reader({t: root / str(data["imgname"][r]) for t, r in zip(instants, row, strict=True)})
+                image_reader(
+                    {t: root / str(data["imgname"][r]) for t, r in zip(instants, row, strict=True)}
+                )
                 for row in rows
             ],
             poses_world=world,
