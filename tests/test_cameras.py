@@ -6,8 +6,11 @@ from metricpose.cameras import Camera, crop_intrinsics, distort, look_at, projec
 
 
 def h36m_camera(cam: dict) -> Camera:
-    """Our Camera from an entry of the Human3.6M cameras.pkl (T is the centre, in metres)."""
-    R = cam["R"]
+    """Our Camera from an entry of the Human3.6M cameras.pkl (T is the centre, in metres).
+
+    The pickle's R maps camera to world: x_cam = Rᵀ·(x_world − T) points all four cameras at
+    the room (tests/test_prepare.py checks this geometry)."""
+    R = cam["R"].T
     K = np.array(
         [[cam["f"][0, 0], 0, cam["c"][0, 0]], [0, cam["f"][1, 0], cam["c"][1, 0]], [0, 0, 1]]
     )
