@@ -70,8 +70,10 @@ def save_model(
     config: dict[str, Any],
     subjects: list[str],
     step: int,
+    crop_size: int,
 ) -> None:
-    """The portable model file: weights, resolved config, joint names, training subjects."""
+    """The portable model file: weights, resolved config, joint names, training subjects and
+    the side (px) of the crops it was trained on."""
     atomic_torch_save(
         {
             "format": MODEL_FORMAT,
@@ -81,6 +83,7 @@ def save_model(
             "joint_names": list(JOINT_NAMES),
             "subjects": list(subjects),
             "step": int(step),
+            "crop_size": int(crop_size),
         },
         path,
     )
@@ -89,9 +92,11 @@ def save_model(
 def load_model(path: Path | str, map_location: str = "cpu"):
     """Load a PoseNet from a model file (model.pt) or a Lightning checkpoint (.ckpt).
 
-    Returns (model in eval mode, config dict).
+    Returns (model in eval mode, config dict). ``model.crop_size`` is the side (px) of the
+    crops it was trained on (64 for model files from before it was recorded).
     """
     ckpt = safe_load(Path(path), map_location)
+    crop_size = int(ckpt.get("crop_size", 64))
     if ckpt.get("format") == MODEL_FORMAT:
         state, config = ckpt["state_dict"], ckpt["config"]
     elif "state_dict" in ckpt and "hyper_parameters" in ckpt:
@@ -111,6 +116,7 @@ def load_model(path: Path | str, map_location: str = "cpu"):
         raise InputError(
             f"{path}: weights do not match the network its config describes ({str(exc).splitlines()[0]})"
         ) from None
+    model.crop_size = crop_size
     return model.eval(), config
 
 

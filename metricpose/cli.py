@@ -98,6 +98,115 @@ def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_prepare)
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from metricpose.api import load
+    from metricpose.predict import run_predict
+
+    summary = run_predict(
+        load(args.checkpoint, args.device), [Path(p) for p in args.inputs], Path(args.out),
+        boxes_file=Path(args.boxes) if args.boxes else None, detector=args.detector,
+        stride=args.stride, smooth=args.smooth, viz=args.viz, batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(
+        f"{summary['frames']} frames predicted, {summary['skipped']} inputs skipped: "
+        f"{summary['out']}/predictions.json and predictions.npz"
+    )
+    return 1 if summary["skipped"] else 0
+
+
+def _retrieve(args: argparse.Namespace) -> None:
+    from metricpose.api import load
+    from metricpose.prepare.common import read_image
+    from metricpose.search import build_search_index, gallery, query
+
+    model = load(args.checkpoint, args.device)
+    if args.action == "build":
+        s = build_search_index(model, Path(args.source), Path(args.index), args.stride, args.ivf)
+        print(
+            f"indexed {s['items']} crops in {s['embed_seconds']:.1f} s "
+            f"({s['items'] / max(s['embed_seconds'], 1e-9):.0f} crops/s); index built in "
+            f"{1000 * s['index_build_seconds']:.1f} ms: {s['out']}"
+        )
+        return
+    image = read_image(Path(args.image))
+    found = query(model, Path(args.index), image, args.k)
+    for rank, r in enumerate(found["results"], 1):
+        where = (
+            f"{r['sequence']} {r['camera']} frame {r['frame']}" if "dataset" in r else r["image"]
+        )
+        print(f"{rank:>3}  d={r['distance']:.4f}  {where}")
+    print(f"query took {found['query_ms']:.2f} ms (search only)")
+    if args.out:
+        gallery(image, found["results"], Path(args.out))
+        print(f"wrote {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from metricpose.export import export
+
+    if not args.onnx and not args.torchscript:
+        raise InputError("give --onnx FILE and/or --torchscript FILE")
+    written = export(Path(args.checkpoint), args.onnx, args.torchscript)
+    for kind in ("onnx", "torchscript"):
+        if kind in written:
+            print(f"wrote {written[kind]}")
+    print(
+        f"input: images (batch, {written['crop_size']}, {written['crop_size']}, 3) float RGB 0-255"
+    )
+
+
+def _add_inference_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="3D poses for images, image folders and videos")
+    p.add_argument("inputs", nargs="+", help="image files, video files or folders of them")
+    p.add_argument("--checkpoint", required=True, help="model.pt or a training .ckpt")
+    p.add_argument("--out", required=True, help="folder for predictions.json/.npz (and viz/)")
+    p.add_argument(
+        "--boxes",
+        help="person boxes: JSON {file: box | {frame: box}} or CSV file,frame,x0,y0,x1,y1",
+    )
+    p.add_argument(
+        "--detector",
+        help="person detector weights (Faster R-CNN R50-FPN state_dict) or 'torchvision' to download them",
+    )
+    p.add_argument("--stride", type=int, default=1, help="video: predict every n-th frame")
+    p.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        help="video: moving-average window (frames) for a smoothed track",
+    )
+    p.add_argument(
+        "--viz", action="store_true", help="write a picture per image / an mp4 per video"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("retrieve", help="pose search: build an index, query it with an image")
+    actions = p.add_subparsers(dest="action", required=True)
+    b = actions.add_parser("build", help="embed a dataset or an image folder into an index")
+    b.add_argument("source", help="dataset folder (project format) or folder of images")
+    b.add_argument("--stride", type=int, default=1, help="dataset: every n-th instant")
+    b.add_argument("--ivf", type=int, default=0, help="IVF lists (0: exact search)")
+    q = actions.add_parser("query", help="the k most similar poses to an image")
+    q.add_argument("image", help="query image (the person filling it)")
+    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--out", help="gallery PNG to write")
+    for a in (b, q):
+        a.add_argument("--checkpoint", required=True, help="model.pt or a training .ckpt")
+        a.add_argument("--index", required=True, help="index folder")
+        a.add_argument("--device", default="auto")
+    p.set_defaults(func=_retrieve)
+
+    p = sub.add_parser("export", help="export the model to ONNX and/or TorchScript")
+    p.add_argument("--checkpoint", required=True, help="model.pt or a training .ckpt")
+    p.add_argument("--onnx", help="ONNX file to write (dynamic batch)")
+    p.add_argument("--torchscript", help="TorchScript file to write")
+    p.set_defaults(func=_export)
+
+
 def _train(args: argparse.Namespace) -> None:
     from metricpose.config import load_config
     from metricpose.train import train
@@ -195,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_show)
 
     _add_prepare_parser(sub)
+    _add_inference_parsers(sub)
 
     p = sub.add_parser("check-data", help="validate a dataset and print a summary")
     p.add_argument("data", help="dataset folder")

@@ -417,6 +417,7 @@ def train(
             config,
             dataset.subjects,
             trainer.global_step,
+            crop_size=dataset.sequences[0].meta.crop_size,
         )
         # Written last and atomically: the demo takes its presence for a finished run.
         atomic_write_bytes(out / "train_summary.json", json.dumps(summary, indent=1).encode())
