@@ -218,3 +218,14 @@ def test_retrieve_finds_an_indexed_crop_first(model_file, tiny_studio, tmp_path,
     (index / "index.faiss").write_bytes(b"junk")
     assert main(["retrieve", "query", str(query_file), "--checkpoint", str(model_file), "--index",
                  str(index)]) == 2  # fmt: skip
+
+
+def test_readme_python_example_runs(model_file):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Python API") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n", 10)]
+    code = code.replace('"runs/demo/runs/metric__S1__seed0/model.pt"', repr(str(model_file)))
+    namespace = {"images": images(2), "ground_truth": np.zeros((2, 17, 3))}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].poses.shape == (2, 17, 3)
+    assert namespace["vectors"].shape == (2, 16) and namespace["error_mm"] > 0
