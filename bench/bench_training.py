@@ -1,4 +1,5 @@
-"""Training step throughput of the full method against the bare backbone, same batch shape."""
+"""Training step throughput of the full method against the bare backbone (same batch shape),
+and the data pipeline's throughput against what the training step consumes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.sampler import MixedBatchSampler
 from metricpose.models.backbone import ResNetBackbone
 from metricpose.studio.generate import generate, synth_config
-from metricpose.train import PoseModule, collate_keys, labelled_instants
+from metricpose.train import PoseModule, StepBatches, collate_keys, labelled_instants
 
 
 def _rate(step, batches: int, images_per_batch: int) -> float:
@@ -24,8 +25,30 @@ def _rate(step, batches: int, images_per_batch: int) -> float:
     return batches * images_per_batch / (time.perf_counter() - began)
 
 
-def step_ratio(batch_size: int = 32, batches: int = 10) -> tuple[float, float, float]:
-    """(full / bare, full images/s, bare images/s) at the default model size."""
+def data_rate(sampler: MixedBatchSampler, collate, workers: int, batches: int = 40) -> float:
+    """Images/s the DataLoader delivers: memory-mapped reads and collation, in ``workers``
+    processes (colour augmentation runs on the batch inside the training step)."""
+    loader = torch.utils.data.DataLoader(
+        StepBatches(sampler, collate),
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    it = iter(loader)
+    first = next(it)  # workers started
+    began = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return (
+        batches
+        * first["images"].shape[0]
+        * first["images"].shape[1]
+        / (time.perf_counter() - began)
+    )
+
+
+def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dict[str, float]:
+    """Full step and bare backbone images/s at the default model size, and the data rate."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "studio"
         generate(data, synth_config("tiny"), progress=False)
@@ -66,4 +89,8 @@ def step_ratio(batch_size: int = 32, batches: int = 10) -> tuple[float, float, f
             opt2.step()
 
         bare = _rate(bare_step, batches, 2 * batch_size)
-    return full / bare, full, bare
+        data_sampler = MixedBatchSampler(
+            supervised, dataset.subject_index, dataset.num_cameras, batch_size, 0.5, 10_000, 1
+        )
+        data = data_rate(data_sampler, collate, workers)
+    return {"full": full, "bare": bare, "data": data, "workers": workers}

@@ -16,8 +16,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_inference import inference_rates  # noqa: E402
+from bench_memory import training_peak_mb  # noqa: E402
+from bench_retrieval import retrieval_figures  # noqa: E402
 from bench_studio import render_rate  # noqa: E402
 from bench_training import step_ratio  # noqa: E402
+
+
+def figure(
+    name: str, value: float, unit: str, target: float | None = None, higher_is_better: bool = True
+) -> dict:
+    met = None if target is None else (value >= target if higher_is_better else value <= target)
+    return {
+        "name": name,
+        "value": round(float(value), 3),
+        "unit": unit,
+        "target": target,
+        "met": met,
+    }
 
 
 def demo_minutes() -> float:
@@ -42,54 +58,43 @@ def main() -> None:
     figures = []
     began = time.perf_counter()
     rate = render_rate(res=64, frames=256)
+    figures.append(figure("studio rendering, 64 px, 1 thread", rate, "crops/s", 1000))
+    step = step_ratio()
+    figures += [
+        figure("training step (2 views, 3 losses, data loading) / bare backbone fwd+bwd",
+               step["full"] / step["bare"], "ratio", 0.85),
+        figure("training step throughput (full method)", step["full"], "images/s"),
+        figure("bare backbone fwd+bwd throughput", step["bare"], "images/s"),
+        figure(f"data pipeline ({step['workers']} workers) / training step consumption",
+               step["data"] / step["full"], "ratio", 2),
+        figure("data pipeline throughput", step["data"], "images/s"),
+    ]  # fmt: skip
+    rates = inference_rates()
+    for batch, (eager, onnx) in rates.items():
+        figures += [
+            figure(f"inference batch {batch}, eager PyTorch", eager, "images/s"),
+            figure(f"inference batch {batch}, ONNX Runtime", onnx, "images/s"),
+            figure(f"inference batch {batch}, ONNX Runtime / eager", onnx / eager, "ratio"),
+        ]
+    r = retrieval_figures()
+    figures += [
+        figure("FAISS exact search, 1M x 128-d, one query", r["exact_ms"], "ms"),
+        figure("numpy brute force, 1M x 128-d, one query", r["numpy_ms"], "ms"),
+        figure(f"FAISS IVF (2048 lists, nprobe {r['ivf_nprobe']}), one query", r["ivf_ms"], "ms", 5, False),
+        figure("FAISS IVF recall@10 against exact search", r["ivf_recall"], "recall", 0.95),
+        figure("FAISS IVF build (train + add 1M)", r["build_ivf_s"], "s"),
+    ]  # fmt: skip
     figures.append(
-        {
-            "name": "studio rendering, 64 px, 1 thread",
-            "value": round(rate, 1),
-            "unit": "crops/s",
-            "target": 1000,
-            "met": rate >= 1000,
-        }
-    )
-    ratio, full, bare = step_ratio()
-    figures.append(
-        {
-            "name": "training step (2 views, 3 losses, data loading) / bare backbone fwd+bwd",
-            "value": round(ratio, 3),
-            "unit": "ratio",
-            "target": 0.85,
-            "met": ratio >= 0.85,
-        }
-    )
-    figures.append(
-        {
-            "name": "training step throughput (full method)",
-            "value": round(full, 1),
-            "unit": "images/s",
-            "target": None,
-            "met": None,
-        }
-    )
-    figures.append(
-        {
-            "name": "bare backbone fwd+bwd throughput",
-            "value": round(bare, 1),
-            "unit": "images/s",
-            "target": None,
-            "met": None,
-        }
+        figure(
+            "peak memory, training at default sizes (metric_adv)",
+            training_peak_mb(),
+            "MB",
+            4096,
+            False,
+        )
     )
     if args.demo:
-        minutes = demo_minutes()
-        figures.append(
-            {
-                "name": "default demo, end to end",
-                "value": round(minutes, 2),
-                "unit": "minutes",
-                "target": 10,
-                "met": minutes <= 10,
-            }
-        )
+        figures.append(figure("default demo, end to end", demo_minutes(), "minutes", 10, False))
     machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch threads, torch {torch.__version__}".strip()
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
