@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,16 @@ def safe_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise InputError(f"{path}: corrupt checkpoint ({str(exc).splitlines()[0]})") from None
         raise InputError(
-            f"{path}: cannot be loaded safely as a checkpoint (weights_only=True): {str(exc).splitlines()[0]}. "
-            "metricpose refuses files that need arbitrary Python objects, which could run code."
+            f"{path}: cannot be loaded safely as a checkpoint (weights_only=True): it needs "
+            "arbitrary Python objects, which could run code, and metricpose refuses such files."
         ) from None
+    except Exception as exc:  # truncated zip archives, bad magic numbers, EOF ...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: corrupt or truncated checkpoint ({first[:200]})") from None
 
 
 def save_model(
@@ -96,23 +102,37 @@ def load_model(path: Path | str, map_location: str = "cpu"):
     crops it was trained on (64 for model files from before it was recorded).
     """
     ckpt = safe_load(Path(path), map_location)
-    crop_size = int(ckpt.get("crop_size", 64))
-    if ckpt.get("format") == MODEL_FORMAT:
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{path}: not a metricpose model file (holds a {type(ckpt).__name__})")
+    crop_size = ckpt.get("crop_size", 64)
+    if ckpt.get("format") == MODEL_FORMAT and "state_dict" in ckpt and "config" in ckpt:
         state, config = ckpt["state_dict"], ckpt["config"]
-    elif "state_dict" in ckpt and "hyper_parameters" in ckpt:
+    elif isinstance(ckpt.get("hyper_parameters"), dict) and "config" in ckpt["hyper_parameters"]:
         config = ckpt["hyper_parameters"]["config"]
         state = {
-            k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
+            k[len("model.") :]: v
+            for k, v in ckpt.get("state_dict", {}).items()
+            if k.startswith("model.")
         }
     else:
         raise InputError(
             f"{path}: neither a metricpose model file nor a metricpose training checkpoint"
         )
-    config = _with_defaults(config)
-    model = build_model(config, pretrained=False)
+    if (
+        not isinstance(config, dict)
+        or not isinstance(state, dict)
+        or not isinstance(crop_size, int)
+    ):
+        raise InputError(
+            f"{path}: malformed model file (config, weights or crop size of the wrong type)"
+        )
     try:
+        config = _with_defaults(config)
+        model = build_model(config, pretrained=False)
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except InputError as exc:
+        raise InputError(f"{path}: its config is invalid: {exc}") from None
+    except (RuntimeError, TypeError, KeyError) as exc:
         raise InputError(
             f"{path}: weights do not match the network its config describes ({str(exc).splitlines()[0]})"
         ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def _checked(default: Any, value: Any, key: str, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key!r} must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {key!r} must be finite, got {value!r}")
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: {key!r} must be an integer, got {value!r}")
@@ -108,7 +111,11 @@ def load_config(
         _merge(config, _read_yaml(source, str(preset_or_file)), str(preset_or_file))
     for text in overrides:
         _merge(config, parse_override(text), f"override {text!r}")
-    validate(config)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        source = f"{preset_or_file}" if preset_or_file else "the configuration"
+        raise ConfigError(f"{source}{' with overrides' if overrides else ''}: {exc}") from None
     return config
 
 

@@ -131,9 +131,12 @@ def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: expected numbers, got an array of {arr.dtype}")
+    return arr
 
 
 class Sequence:

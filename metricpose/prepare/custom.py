@@ -37,7 +37,7 @@ from metricpose.prepare.common import (
     video_reader,
     whole_frame_box,
 )
-from metricpose.skeleton import NUM_JOINTS
+from metricpose.skeleton import BONES, NUM_JOINTS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -129,13 +129,20 @@ def _camera_frames(root: Path, camera: str) -> tuple[int, Any] | None:
     return None
 
 
-def _load_optional(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray | None:
-    if not path.is_file():
-        return None
+def _load_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(f"{path}: unreadable .npy ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{path}: expected numbers, got an array of {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _load_optional(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    arr = _load_npy(path)
     if arr.shape != shape:
         raise InputError(f"{path}: {what} must have shape {shape}, got {arr.shape}")
     return arr.astype(np.float64)
@@ -165,10 +172,18 @@ def sequences(
     poses_path = root / "poses_3d.npy"
     poses = None
     if poses_path.is_file():
-        poses = np.load(poses_path, allow_pickle=False).astype(np.float64)
+        poses = _load_npy(poses_path)
         if poses.ndim != 3 or poses.shape[1:] != (NUM_JOINTS, 3):
             raise InputError(
                 f"{poses_path}: must have shape (T, {NUM_JOINTS}, 3), got {poses.shape}"
+            )
+        bones = np.linalg.norm(
+            poses[:, [c for _, c in BONES]] - poses[:, [p for p, _ in BONES]], axis=-1
+        )
+        if np.nanmedian(bones) < 20:
+            raise InputError(
+                f"{poses_path}: median bone length {np.nanmedian(bones):.3g} is implausibly short for "
+                "millimetres; are the poses in metres? Multiply by 1000."
             )
         counts.append(len(poses))
     if not counts:

@@ -75,9 +75,9 @@ def parse_calibration(path: Path) -> dict[int, Camera]:
                 f"{path}: camera entry {lines[0].strip()!r} lacks or garbles size/intrinsic/"
                 f"extrinsic ({type(exc).__name__}: {exc})"
             ) from None
-        cameras[number] = Camera(
-            K=K4[:3, :3], R=E[:3, :3], t=E[:3, 3], width=width, height=height, name=f"cam{number}"
-        )
+        entry = {"name": f"cam{number}", "K": K4[:3, :3].tolist(), "R": E[:3, :3].tolist(),
+                 "t": E[:3, 3].tolist(), "width": width, "height": height}  # fmt: skip
+        cameras[number] = Camera.from_dict(entry, str(path))
     return cameras
 
 
@@ -86,8 +86,8 @@ def _mat_cells(path: Path, key: str) -> list[np.ndarray]:
 
     try:
         mat = loadmat(str(path))
-    except (ValueError, OSError, NotImplementedError) as exc:
-        raise InputError(f"{path}: unreadable .mat file ({exc})") from None
+    except Exception as exc:  # scipy raises ValueError, IndexError, OSError... on corrupt files
+        raise InputError(f"{path}: unreadable .mat file ({type(exc).__name__}: {exc})") from None
     if key not in mat:
         raise InputError(
             f"{path}: no {key!r} variable (has {sorted(k for k in mat if not k.startswith('__'))})"

@@ -110,9 +110,9 @@ def sequences(
     per_body: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
     for frame, path in zip(frames, files[::stride], strict=True):
         for body_id, joints in _read_bodies(path).items():
-            xyz = np.where(joints[:, 3:] < 0, np.nan, joints[:, :3]) * CM_TO_MM
-            if not np.all(np.isfinite(joints[:, 3])) or np.isinf(xyz).any():
+            if not np.all(np.isfinite(joints)):
                 raise InputError(f"{path}: body {body_id} has NaN or Inf joints")
+            xyz = np.where(joints[:, 3:] < 0, np.nan, joints[:, :3]) * CM_TO_MM
             per_body[body_id][frame] = remap_joints(xyz, FROM_PANOPTIC_19)[0]
     videos = [root / "hdVideos" / f"hd_{c.name}.mp4" for c in cams]
     for body_id, by_frame in sorted(per_body.items()):
