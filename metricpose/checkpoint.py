@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,22 @@ from metricpose.errors import InputError
 from metricpose.skeleton import JOINT_NAMES
 
 MODEL_FORMAT = "metricpose-model"
+
+
+def check_output_folder(out: Path, needed_mb: float = 200.0, purpose: str = "training") -> None:
+    """Fail before long work if the output folder cannot be written or the disk is nearly full."""
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / ".write-test"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    free_mb = shutil.disk_usage(out).free / 2**20
+    if free_mb < needed_mb:
+        raise OSError(
+            f"{out}: only {free_mb:.0f} MB free; {purpose} needs about {needed_mb:.0f} MB"
+        )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

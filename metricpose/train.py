@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from metricpose.checkpoint import (
     AtomicCheckpointIO,
     atomic_write_bytes,
     build_model,
+    check_output_folder,
     safe_load,
     save_model,
 )
@@ -261,22 +261,6 @@ def _trainer_options(config: dict[str, Any]) -> dict[str, Any]:
         "precision": precision,
         "strategy": "ddp" if t["devices"] * t["num_nodes"] > 1 else "auto",
     }
-
-
-def check_output_folder(out: Path, needed_mb: float = 200.0) -> None:
-    """Fail before training if the output folder cannot be written or the disk is nearly full."""
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-test"
-    try:
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"{out}: output folder is not writable ({exc.strerror})") from None
-    free_mb = shutil.disk_usage(out).free / 2**20
-    if free_mb < needed_mb:
-        raise OSError(
-            f"{out}: only {free_mb:.0f} MB free; training needs about {needed_mb:.0f} MB for checkpoints and logs"
-        )
 
 
 def train(

@@ -518,3 +518,23 @@ def test_train_and_evaluate_run_on_the_converted_h36m_fixture(fixtures_dir, tmp_
                  "--subjects", "S8", "--out", str(scores)]) == 0  # fmt: skip
     result = json.loads(scores.read_text())
     assert result["count"] == 1 and np.isfinite(result["overall"]["mpjpe"])
+
+
+def test_a_full_disk_or_unusable_output_stops_before_the_work(
+    h36m_fixture, fixtures_dir, monkeypatch, tmp_path
+):
+    import collections
+
+    root = fixtures_dir / "h36m"
+    sequences = list(h36m.mmpose_sequences(root, root / "test_h36m_body3d.npz"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="a_file"):
+        convert(sequences, blocker / "out", 64, progress=False)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(
+        "metricpose.checkpoint.shutil.disk_usage", lambda p: usage(10**9, 10**9, 2**20)
+    )
+    with pytest.raises(OSError, match=r"out: only 1 MB free; sequence S1_Directions_1 needs about"):
+        convert(sequences, tmp_path / "out", 256, progress=False)
+    assert not list((tmp_path / "out").iterdir())  # nothing half-written

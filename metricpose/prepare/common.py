@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from metricpose.cameras import Camera
+from metricpose.checkpoint import check_output_folder
 from metricpose.data.format import SequenceMeta, is_complete, write_sequence
 from metricpose.errors import InputError
 from metricpose.skeleton import JOINT_NAMES
@@ -250,13 +251,17 @@ def convert(
     from tqdm import tqdm
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, needed_mb=1.0, purpose="conversion")
     clean_partial(out)
     counts = {"written": 0, "skipped": 0}
     for seq in tqdm(sequences, desc=f"prepare {source}", unit="seq", disable=not progress):
         if is_complete(out / seq.name):
             counts["skipped"] += 1
             continue
+        frames_mb = len(seq.cameras) * len(seq.source_frames) * 3 * crop_size**2 / 2**20
+        check_output_folder(
+            out, needed_mb=2 * frames_mb * with_frames + 1.0, purpose=f"sequence {seq.name}"
+        )
         _write(seq, out, crop_size, with_frames, source)
         counts["written"] += 1
     return counts
