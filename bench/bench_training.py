@@ -59,7 +59,7 @@ def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dic
         dataset = MultiViewDataset(data, subjects=["S1", "S5"])
         supervised = labelled_instants(dataset, "S1", ["S1", "S5"], 0)
         module = PoseModule(config, num_subjects=2, supervised=supervised)
-        optimiser = torch.optim.AdamW(module.parameters(), lr=1e-3)
+        optimiser = module.configure_optimizers()["optimizer"]
         sampler = MixedBatchSampler(
             supervised, dataset.subject_index, dataset.num_cameras, batch_size, 0.5, 10_000, 0
         )
@@ -79,7 +79,7 @@ def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dic
         backbone = ResNetBackbone(config["model"]["backbone"], config["model"]["width"]).to(
             memory_format=torch.channels_last
         )
-        opt2 = torch.optim.AdamW(backbone.parameters(), lr=1e-3)
+        opt2 = torch.optim.AdamW(backbone.parameters(), lr=1e-3, fused=True)  # as training uses
         x = torch.randn(2 * batch_size, 3, 64, 64).contiguous(memory_format=torch.channels_last)
 
         def bare_step() -> None:

@@ -180,5 +180,5 @@ def build_model(config: dict[str, Any], pretrained: bool = True):
         backbone=m["backbone"], width=m["width"], embedding_dim=m["embedding_dim"],
         regressor_width=m["regressor_width"], regressor_blocks=m["regressor_blocks"],
         dropout=m["dropout"], pose_frame=m["pose_frame"], weights_path=m["weights"] if pretrained else None,
-        orientation_from=m["orientation_from"],
+        orientation_from=m["orientation_from"], norm_eval=m["norm_eval"],
     )  # fmt: skip

@@ -51,6 +51,18 @@ def negative_mask(
     return mask
 
 
+def ddp_share(count: torch.Tensor | int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """W · n_local / n_all: multiplied into a mean over this process's ``count`` rows, it makes
+    DDP's gradient average over W processes equal the gradient of the mean over all processes'
+    rows — also when the processes hold different numbers of rows (1 without DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return torch.ones((), device=device)
+    local = torch.as_tensor(count, dtype=torch.float32, device=device).reshape(())
+    total = local.clone()
+    dist.all_reduce(total)
+    return dist.get_world_size() * local / total.clamp(min=1.0)
+
+
 def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every DDP process (the local part keeps its gradient)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -108,6 +120,7 @@ def multiview_metric_loss(
     d_pa = torch.cdist(positive, all_anchor)  # (B, B_all): p_i vs a_j
     d_pos = (anchor - positive).norm(dim=-1)
     has_negative = valid.any(dim=1)
+    share = ddp_share(has_negative.sum(), anchor.device)  # every process calls it (all_reduce)
     stats = {
         "d_pos": d_pos.mean().detach(),
         "valid_share": has_negative.float().mean(),
@@ -133,7 +146,7 @@ def multiview_metric_loss(
             hardest = torch.where(farther < inf, farther, hardest)
         elif mining != "hardest":
             raise ValueError(f"unknown mining {mining!r}; expected 'hardest' or 'semihard'")
-        loss = torch.relu(margin + d_pos - hardest)[has_negative].mean()
+        loss = torch.relu(margin + d_pos - hardest)[has_negative].mean() * share
         stats["d_neg"] = hardest[has_negative].mean().detach()
     elif kind == "infonce":
         # Softmax over the positive and every valid negative, both directions (CLIP-style);
@@ -145,14 +158,12 @@ def multiview_metric_loss(
         loss = 0.0
         for logits in (logits_ap, logits_pa):
             all_logits = torch.cat([positive_logit[:, None], logits], dim=1)
-            loss = (
-                loss
-                + (torch.logsumexp(all_logits, dim=1) - positive_logit)[has_negative].mean() / 2
-            )
+            per_anchor = torch.logsumexp(all_logits, dim=1) - positive_logit
+            loss = loss + per_anchor[has_negative].mean() * share / 2
         stats["d_neg"] = d_ap[valid].mean().detach()
     elif kind == "contrastive":
         neg = torch.relu(margin - torch.cat([d_ap[valid], d_pa[valid]])) ** 2
-        loss = (d_pos**2).mean() + neg.mean()
+        loss = (d_pos**2).mean() + neg.mean() * ddp_share(neg.numel(), anchor.device)
         stats["d_neg"] = d_ap[valid].mean().detach()
     else:
         raise ValueError(

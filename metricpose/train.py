@@ -31,6 +31,7 @@ from metricpose.errors import InputError
 from metricpose.losses import (
     IdentityAdversary,
     adversary_coefficient,
+    ddp_share,
     multiview_consistency_loss,
     multiview_metric_loss,
     pose_loss,
@@ -65,12 +66,29 @@ def labelled_instants(
     return chosen
 
 
-def colour_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def shard_rows(local: int, world_size: int, rank: int, per_instant: int = 1) -> torch.Tensor:
+    """Positions in the global batch of this process's rows: its instants are every
+    ``world_size``-th one, from ``rank`` (see MixedBatchSampler); each has ``per_instant`` rows."""
+    instants = torch.arange(local) * world_size + rank
+    return (instants[:, None] * per_instant + torch.arange(per_instant)).flatten()
+
+
+def colour_augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    rows: torch.Tensor | None = None,
+    total: int = 0,
+) -> torch.Tensor:
     """Random channel order and per-channel gains (0.6-1.4) per image, so that clothing
-    colour cannot identify a person. (B, S, S, 3) 0-255 -> float (B, S, S, 3)."""
+    colour cannot identify a person. (B, S, S, 3) 0-255 -> float (B, S, S, 3).
+
+    Under DDP the random draws are made for the ``total`` images of the global batch and
+    ``rows`` picks this process's: an image is augmented alike however many processes run."""
     B = images.shape[0]
-    perm = torch.argsort(torch.rand(B, 3, generator=generator), dim=1).to(images.device)
-    gains = (0.6 + 0.8 * torch.rand(B, 1, 1, 3, generator=generator)).to(images.device)
+    rows = torch.arange(B) if rows is None else rows
+    total = max(total, B)
+    perm = torch.argsort(torch.rand(total, 3, generator=generator), dim=1)[rows].to(images.device)
+    gains = (0.6 + 0.8 * torch.rand(total, 1, 1, 3, generator=generator))[rows].to(images.device)
     shuffled = torch.gather(
         images.float(), 3, perm[:, None, None, :].expand(-1, *images.shape[1:3], -1)
     )
@@ -149,11 +167,13 @@ class PoseModule(L.LightningModule):
         cfg = self.config["loss"]
         B = batch["images"].shape[0]
         g = torch.Generator().manual_seed(self.config["seed"] * 7919 + self.global_step)
+        W, rank = self.trainer.world_size if self._trainer else 1, self.global_rank
         if self.config["augment"]["flip"]:
-            batch = mirror_instants(batch, (torch.rand(B, generator=g) < 0.5).to(self.device))
+            flip = torch.rand(B * W, generator=g)[shard_rows(B, W, rank)] < 0.5
+            batch = mirror_instants(batch, flip.to(self.device))
         images = batch["images"].flatten(0, 1)  # (2B, S, S, 3): instant-major, views inner
         if self.config["augment"]["colour"]:
-            images = colour_augment(images, g)
+            images = colour_augment(images, g, shard_rows(B, W, rank, 2), 2 * B * W)
         out = self.model(images)
         terms: dict[str, torch.Tensor] = {}
 
@@ -167,6 +187,9 @@ class PoseModule(L.LightningModule):
             terms["pose"] = terms["pose"] + pose_loss(
                 out["pose_body"][sup] / 1000, gt_body, cfg["pose"]
             )
+        # Processes may hold different numbers of labelled rows (the unlabelled part can be
+        # a labelled subject's): weigh each process's mean by its share.
+        terms["pose"] = terms["pose"] * ddp_share(sup.sum(), self.device)
         total = cfg["pose_weight"] * terms["pose"]
 
         emb = out["embedding"].view(B, 2, -1)
@@ -224,7 +247,10 @@ class PoseModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.config["train"]
-        optimizer = torch.optim.AdamW(self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+        # The fused kernel halves the optimiser's share of a CPU step (bench/README.md).
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"], fused=True
+        )
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=t["lr"], total_steps=t["steps"], pct_start=0.05, final_div_factor=20
         )
@@ -260,6 +286,10 @@ def _trainer_options(config: dict[str, Any]) -> dict[str, Any]:
         "num_nodes": t["num_nodes"],
         "precision": precision,
         "strategy": "ddp" if t["devices"] * t["num_nodes"] > 1 else "auto",
+        # Several GPUs normalise over the global batch, as one GPU would (CPU has no SyncBatchNorm).
+        "sync_batchnorm": on_gpu
+        and t["devices"] * t["num_nodes"] > 1
+        and not config["model"]["norm_eval"],
     }
 
 
@@ -318,7 +348,7 @@ def train(
     sampler = MixedBatchSampler(
         supervised, dataset.subject_index, dataset.num_cameras, config["batch"]["size"],
         config["batch"]["labelled_fraction"], config["train"]["steps"], config["seed"],
-        start_step=start_step, rank=rank,
+        start_step=start_step, rank=rank, world_size=options["devices"] * options["num_nodes"],
     )  # fmt: skip
     workers = data["num_workers"]
     collate = collate_keys(dataset)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from metricpose.checkpoint import load_model, safe_load
+from metricpose.checkpoint import build_model, load_model, safe_load
 from metricpose.config import ConfigError, load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.errors import InputError
@@ -221,20 +221,55 @@ def test_resume_from_a_corrupt_checkpoint_names_it(tiny_studio, tmp_path):
         train(config, out, resume=True, progress=False)
 
 
-def test_ddp_processes_draw_different_batches():
+def test_ddp_processes_share_out_the_single_process_batch():
     from metricpose.data.sampler import MixedBatchSampler
 
     n = 200
-    args = (np.arange(n) < 50, np.arange(n) % 4, np.full(n, 4), 16, 0.5, 100, 0)
-    r0, r1 = MixedBatchSampler(*args, rank=0), MixedBatchSampler(*args, rank=1)
-    assert r0.batch(7) != r1.batch(7)
-    assert r0.batch(7) == MixedBatchSampler(*args, rank=0).batch(
-        7
-    )  # a function of (seed, step, rank)
-    batch = r0.batch(3)
-    assert all(k.index < 50 for k in batch[:8])  # the labelled part comes first
-    assert len({int(np.arange(n)[k.index] % 4) for k in batch[8:]}) == 1  # the rest: one subject
-    assert all(k.views[0] != k.views[1] for k in batch)
+    labelled, subject, cameras = np.arange(n) < 50, np.arange(n) % 4, np.full(n, 4)
+    single = MixedBatchSampler(labelled, subject, cameras, 16, 0.5, 100, 0).batch(7)
+    shares = [MixedBatchSampler(labelled, subject, cameras, 8, 0.5, 100, 0, rank=r, world_size=2).batch(7)
+              for r in (0, 1)]  # fmt: skip
+    assert shares[0] != shares[1]
+    assert shares[0] == single[0::2] and shares[1] == single[1::2]  # the same global batch
+    assert shares[0] == MixedBatchSampler(labelled, subject, cameras, 8, 0.5, 100, 0, rank=0,
+                                          world_size=2).batch(7)  # a function of (seed, step)  # fmt: skip
+    for share in shares:
+        assert all(k.index < 50 for k in share[:4])  # each process gets its labelled half
+        assert all(k.views[0] != k.views[1] for k in share)
+    assert len({int(k.index % 4) for share in shares for k in share[4:]}) == 1  # one subject
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_like_one_with_the_global_batch(tiny_studio, tmp_path):
+    """torchrun with 2 gloo processes × 8 instants against 1 process × 16: same instants,
+    augmentation and negatives, so the same weights. Dropout is off (its masks are drawn per
+    process) and BatchNorm keeps running statistics (CPU has no SyncBatchNorm; on GPUs
+    Lightning's sync_batchnorm normalises over the global batch instead). Tolerance 1e-4:
+    gradients are summed in a different order across processes."""
+    common = [f"data.root={tiny_studio}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]",
+              "train.val_frames=8", "model.regressor_width=64", "model.width=0.25", "model.dropout=0.0",
+              "model.norm_eval=true", "train.steps=4", "train.val_every=4", "train.accelerator=cpu"]  # fmt: skip
+    cli = ["-m", "metricpose.cli", "train", "--config", "metric_adv", "--no-progress"]
+    ddp = [*common, "batch.size=8", "train.devices=2"]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29543",
+                    *cli, "--out", str(tmp_path / "ddp"), *[a for s in ddp for a in ("--set", s)]],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    one = [*common, "batch.size=16"]
+    subprocess.run([sys.executable, *cli, "--out", str(tmp_path / "one"), *[a for s in one for a in ("--set", s)]],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    a, _ = load_model(tmp_path / "ddp" / "model.pt")
+    b, _ = load_model(tmp_path / "one" / "model.pt")
+    moved = 0.0
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=name)
+    fresh = build_model(
+        load_config("metric_adv", ["model.regressor_width=64", "model.width=0.25"]),
+        pretrained=False,
+    )
+    for name, x in fresh.state_dict().items():
+        if x.is_floating_point() and "pose_" not in name:
+            moved = max(moved, float((a.state_dict()[name] - x).abs().max()))
+    assert moved > 1e-3  # training changed the weights: the comparison is not between two inits
 
 
 @pytest.mark.slow

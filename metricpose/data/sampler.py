@@ -16,8 +16,11 @@ class MixedBatchSampler:
     so that the metric loss finds hard negatives among time-separated frames of the same
     person rather than among other people, whom looks alone tell apart.
 
-    Batch ``k`` depends only on (seed, k, rank): a resumed run sees the same batches as an
-    uninterrupted one, and DDP processes see different ones.
+    Step ``k``'s global batch (``batch_size`` instants per process) depends only on (seed, k),
+    and process ``rank`` of ``world_size`` takes every ``world_size``-th instant of it: a resumed
+    run sees the same batches as an uninterrupted one, and N processes together see exactly the
+    batch one process would draw with N times the batch size (each with its share of labelled
+    instants).
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class MixedBatchSampler:
         seed: int,
         start_step: int = 0,
         rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.labelled_pool = np.flatnonzero(labelled)
         # The metric part needs instants seen by two cameras; single-view sources (the 3DHP test
@@ -49,16 +53,21 @@ class MixedBatchSampler:
                 "the batch asks for unlabelled multi-view instants but no sequence has two "
                 "cameras; set batch.labelled_fraction=1.0 for single-view data"
             )
-        self.steps, self.seed, self.start_step, self.rank = steps, seed, start_step, rank
+        self.steps, self.seed, self.start_step = steps, seed, start_step
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.rank, self.world_size = rank, world_size
 
     def batch(self, step: int) -> list[FrameKey]:
-        rng = np.random.default_rng([self.seed, step, self.rank])
+        """This process's share of step ``step``'s global batch."""
+        rng = np.random.default_rng([self.seed, step])
+        W = self.world_size
         chosen = rng.choice(
             self.labelled_pool,
-            size=self.num_labelled,
-            replace=len(self.labelled_pool) < self.num_labelled,
+            size=self.num_labelled * W,
+            replace=len(self.labelled_pool) < self.num_labelled * W,
         )
-        rest = self.batch_size - self.num_labelled
+        rest = (self.batch_size - self.num_labelled) * W
         if rest:
             pool = self.by_subject[rng.integers(len(self.by_subject))]
             chosen = np.concatenate([chosen, rng.choice(pool, size=rest, replace=len(pool) < rest)])
@@ -66,4 +75,4 @@ class MixedBatchSampler:
         for index in chosen:
             views = rng.choice(self.num_cameras[index], size=2, replace=self.num_cameras[index] < 2)
             keys.append(FrameKey(int(index), (int(views[0]), int(views[1]))))
-        return keys
+        return keys[self.rank :: W]

@@ -102,8 +102,10 @@ class PoseNet(nn.Module):
         pose_frame: str = "body",
         weights_path: str | None = None,
         orientation_from: str = "pooled",
+        norm_eval: bool = False,
     ) -> None:
         super().__init__()
+        self.norm_eval = norm_eval
         if pose_frame not in ("body", "camera"):
             raise ValueError(f"pose_frame must be 'body' or 'camera', got {pose_frame!r}")
         self.pose_frame = pose_frame
@@ -138,6 +140,18 @@ class PoseNet(nn.Module):
         self.register_buffer("pose_std", torch.ones(NUM_JOINTS, 3))
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
         self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+        self.train()  # applies norm_eval now: Lightning does not call train() before fitting
+
+    def train(self, mode: bool = True) -> PoseNet:
+        """With ``norm_eval``, BatchNorm layers stay in eval mode (running statistics) while the
+        rest trains: small per-process batches then neither skew the statistics nor make
+        several processes normalise differently from one."""
+        super().train(mode)
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def normalise_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, S, S, 3) uint8 or float 0-255 RGB -> (B, 3, S, S) normalised float."""
