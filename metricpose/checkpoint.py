@@ -181,4 +181,5 @@ def build_model(config: dict[str, Any], pretrained: bool = True):
         regressor_width=m["regressor_width"], regressor_blocks=m["regressor_blocks"],
         dropout=m["dropout"], pose_frame=m["pose_frame"], weights_path=m["weights"] if pretrained else None,
         orientation_from=m["orientation_from"], norm_eval=m["norm_eval"],
+        regressor_input=m["regressor_input"],
     )  # fmt: skip

@@ -141,6 +141,7 @@ def validate(config: dict[str, Any]) -> None:
     _choice(config, "model.backbone", ("resnet18", "resnet34", "resnet50"))
     _choice(config, "model.pose_frame", ("body", "camera"))
     _choice(config, "model.orientation_from", ("pooled", "layer4", "layer3", "separate"))
+    _choice(config, "model.regressor_input", ("embedding", "embedding+features"))
     _choice(config, "loss.pose", ("l2", "l1"))
     _choice(config, "loss.metric", ("hardnet", "infonce", "contrastive"))
     _choice(config, "loss.negatives", ("same_subject", "any"))

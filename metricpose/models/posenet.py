@@ -103,16 +103,25 @@ class PoseNet(nn.Module):
         weights_path: str | None = None,
         orientation_from: str = "pooled",
         norm_eval: bool = False,
+        regressor_input: str = "embedding",
     ) -> None:
         super().__init__()
         self.norm_eval = norm_eval
+        if regressor_input not in ("embedding", "embedding+features"):
+            raise ValueError(
+                f"regressor_input must be 'embedding' or 'embedding+features', got {regressor_input!r}"
+            )
+        self.regressor_input = regressor_input
         if pose_frame not in ("body", "camera"):
             raise ValueError(f"pose_frame must be 'body' or 'camera', got {pose_frame!r}")
         self.pose_frame = pose_frame
         self.backbone = ResNetBackbone(backbone, width, weights_path)
         feat = self.backbone.out_features
         self.embed = nn.Linear(feat, embedding_dim)
-        self.regressor = PoseRegressor(embedding_dim, regressor_width, regressor_blocks, dropout)
+        # "embedding+features": the regressor also reads the pooled backbone features, which
+        # keep the view (heading) information the metric loss removes from the embedding.
+        regressor_in = embedding_dim + (feat if regressor_input == "embedding+features" else 0)
+        self.regressor = PoseRegressor(regressor_in, regressor_width, regressor_blocks, dropout)
         if orientation_from not in ORIENTATION_SOURCES:
             raise ValueError(
                 f"orientation_from must be one of {ORIENTATION_SOURCES}, got {orientation_from!r}"
@@ -168,7 +177,12 @@ class PoseNet(nn.Module):
         layer3, layer4 = self.backbone.feature_maps(x)
         features = torch.flatten(self.backbone.avgpool(layer4), 1)
         embedding = nn.functional.normalize(self.embed(features), dim=-1)
-        pose = self.regressor(embedding).view(-1, NUM_JOINTS, 3) * self.pose_std + self.pose_mean
+        inputs = (
+            embedding
+            if self.regressor_input == "embedding"
+            else torch.cat([embedding, features], 1)
+        )
+        pose = self.regressor(inputs).view(-1, NUM_JOINTS, 3) * self.pose_std + self.pose_mean
         pose = pose - pose[:, :1]
         if self.orientation is None:
             return {"embedding": embedding, "pose_cam": pose, "features": features}
