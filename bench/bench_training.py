@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,8 +49,10 @@ def data_rate(sampler: MixedBatchSampler, collate, workers: int, batches: int = 
     )
 
 
-def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dict[str, float]:
-    """Full step and bare backbone images/s at the default model size, and the data rate."""
+@contextmanager
+def full_method(batch_size: int = 32) -> Iterator[tuple[PoseModule, MixedBatchSampler, Callable]]:
+    """The metric_adv training module at default sizes on the tiny studio (rendered to a
+    temporary folder), its batch sampler and collate function; no Trainer attached."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "studio"
         generate(data, synth_config("tiny"), progress=False)
@@ -59,11 +63,18 @@ def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dic
         dataset = MultiViewDataset(data, subjects=["S1", "S5"])
         supervised = labelled_instants(dataset, "S1", ["S1", "S5"], 0)
         module = PoseModule(config, num_subjects=2, supervised=supervised)
-        optimiser = module.configure_optimizers()["optimizer"]
+        module.log = module.log_dict = lambda *a, **k: None
         sampler = MixedBatchSampler(
             supervised, dataset.subject_index, dataset.num_cameras, batch_size, 0.5, 10_000, 0
         )
-        collate = collate_keys(dataset)
+        yield module, sampler, collate_keys(dataset)
+
+
+def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dict[str, float]:
+    """Full step and bare backbone images/s at the default model size, and the data rate."""
+    with full_method(batch_size) as (module, sampler, collate):
+        config = module.config
+        optimiser = module.configure_optimizers()["optimizer"]
         counter = iter(range(10_000))
 
         def full_step() -> None:
@@ -73,7 +84,6 @@ def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dic
             loss.backward()
             optimiser.step()
 
-        module.log = module.log_dict = lambda *a, **k: None  # no Trainer attached here
         full = _rate(full_step, batches, 2 * batch_size)
 
         backbone = ResNetBackbone(config["model"]["backbone"], config["model"]["width"]).to(
@@ -89,8 +99,5 @@ def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dic
             opt2.step()
 
         bare = _rate(bare_step, batches, 2 * batch_size)
-        data_sampler = MixedBatchSampler(
-            supervised, dataset.subject_index, dataset.num_cameras, batch_size, 0.5, 10_000, 1
-        )
-        data = data_rate(data_sampler, collate, workers)
+        data = data_rate(sampler, collate, workers)  # from step 0 again: StepBatches restarts
     return {"full": full, "bare": bare, "data": data, "workers": workers}

@@ -6,36 +6,15 @@ spent in data loading, forward, backward and the optimiser.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
+from bench_training import full_method
 from torch.profiler import ProfilerActivity, profile, record_function
-
-from metricpose.config import load_config
-from metricpose.data.dataset import MultiViewDataset
-from metricpose.data.sampler import MixedBatchSampler
-from metricpose.studio.generate import generate, synth_config
-from metricpose.train import PoseModule, collate_keys, labelled_instants
 
 
 def main(steps: int = 8, batch_size: int = 32) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "studio"
-        generate(data, synth_config("tiny"), progress=False)
-        config = load_config(
-            "metric_adv",
-            [f"data.root={data}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]"],
-        )
-        dataset = MultiViewDataset(data, subjects=["S1", "S5"])
-        supervised = labelled_instants(dataset, "S1", ["S1", "S5"], 0)
-        module = PoseModule(config, num_subjects=2, supervised=supervised)
-        module.log = module.log_dict = lambda *a, **k: None
+    with full_method(batch_size) as (module, sampler, collate):
         optimiser = module.configure_optimizers()["optimizer"]
-        sampler = MixedBatchSampler(
-            supervised, dataset.subject_index, dataset.num_cameras, batch_size, 0.5, 10_000, 0
-        )
-        collate = collate_keys(dataset)
         phases = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimiser": 0.0}
 
         def step(i: int) -> None:

@@ -19,7 +19,9 @@ return the same kind, so training code (torch) and data code (numpy) share one i
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -309,3 +311,25 @@ def intrinsics_matrix(focal_px: np.ndarray, center_px: np.ndarray) -> np.ndarray
     """A 3x3 K from focal lengths (fx, fy) and principal point (cx, cy), all in px."""
     (fx, fy), (cx, cy) = np.ravel(focal_px)[:2], np.ravel(center_px)[:2]
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def load_cameras_json(path: Path | str) -> list[Camera]:
+    """Cameras from a JSON list in the cameras.json layout (docs/dataset_format.md); one clear
+    error naming the file for a missing file, invalid JSON or an invalid camera."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: camera file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(isinstance(e, dict) for e in entries)
+    ):
+        raise InputError(f"{path}: expected a non-empty list of camera objects")
+    cameras = [Camera.from_dict(e, str(path)) for e in entries]
+    if len({c.name for c in cameras}) != len(cameras):
+        raise InputError(f"{path}: camera names must be unique")
+    return cameras

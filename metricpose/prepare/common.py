@@ -348,3 +348,17 @@ def world_from_views(
                 "(mixed-up subjects or wrong calibration?)"
             )
     return world
+
+
+def mmpose_views(
+    root: Path, data: dict[str, np.ndarray], rows: np.ndarray, instants: list[int]
+) -> tuple[np.ndarray, list[FrameReader]]:
+    """Crop boxes (V, T, 4) and per-camera image readers of mmpose annotation rows (V, T)."""
+    boxes = center_scale_boxes(data["center"][rows], data["scale"][rows])
+    readers = [
+        image_reader(
+            {t: root / str(data["imgname"][r]) for t, r in zip(instants, row, strict=True)}
+        )
+        for row in rows
+    ]
+    return boxes, readers

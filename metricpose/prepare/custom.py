@@ -17,7 +17,6 @@ largest centred square of each frame.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 import yaml
 from scipy.spatial.transform import Rotation
 
-from metricpose.cameras import Camera
+from metricpose.cameras import Camera, load_cameras_json
 from metricpose.errors import InputError
 from metricpose.prepare.common import (
     SourceSequence,
@@ -96,17 +95,7 @@ def load_rig_cameras(root: Path) -> list[Camera]:
     """Cameras from RIG/cameras.json, or from RIG/calibration/*.yaml (sorted by name)."""
     json_path = root / "cameras.json"
     if json_path.is_file():
-        try:
-            entries = json.loads(json_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{json_path}: invalid JSON ({exc})") from None
-        if (
-            not isinstance(entries, list)
-            or not entries
-            or not all(isinstance(e, dict) for e in entries)
-        ):
-            raise InputError(f"{json_path}: expected a non-empty list of camera objects")
-        return [Camera.from_dict(e, str(json_path)) for e in entries]
+        return load_cameras_json(json_path)
     yamls = sorted((root / "calibration").glob("*.y*ml")) if (root / "calibration").is_dir() else []
     if not yamls:
         raise InputError(f"{root}: neither cameras.json nor calibration/<camera>.yaml found")

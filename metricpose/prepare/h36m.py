@@ -29,9 +29,8 @@ from metricpose.errors import InputError
 from metricpose.prepare.common import (
     SourceSequence,
     boxes_from_poses,
-    center_scale_boxes,
-    image_reader,
     load_annotation_npz,
+    mmpose_views,
     require_dir,
     require_file,
     video_frame_count,
@@ -187,6 +186,7 @@ def mmpose_sequences(root: Path, annotations: Path) -> Iterator[SourceSequence]:
         rows = np.array([[by_camera[c.name][t] for t in instants] for c in cameras])  # (V, T)
         world = world_from_views(cameras, data["S"][rows, :, :3] * 1000.0, annotations)
         gaps = np.diff(instants)
+        boxes, readers = mmpose_views(root, data, rows, instants)
         yield SourceSequence(
             name=sequence_name(subject, take),
             subject=subject,
@@ -194,13 +194,8 @@ def mmpose_sequences(root: Path, annotations: Path) -> Iterator[SourceSequence]:
             fps=FPS / (float(np.median(gaps)) if len(gaps) else 1.0),
             cameras=cameras,
             source_frames=instants,
-            boxes=center_scale_boxes(data["center"][rows], data["scale"][rows]),
-            read_frames=[
-                image_reader(
-                    {t: root / str(data["imgname"][r]) for t, r in zip(instants, row, strict=True)}
-                )
-                for row in rows
-            ],
+            boxes=boxes,
+            read_frames=readers,
             poses_world=world,
             extra={"take": take.replace("_", " ")},
         )

@@ -33,10 +33,10 @@ from metricpose.errors import InputError
 from metricpose.prepare.common import (
     SourceSequence,
     boxes_from_poses,
-    center_scale_boxes,
     image_reader,
     load_annotation_npz,
     load_arrays_pickle,
+    mmpose_views,
     require_dir,
     require_file,
     video_frame_count,
@@ -253,6 +253,7 @@ def mmpose_sequences(
         poses_cam = remap_joints(data["S"][rows, :, :3] * 1000.0, FROM_MPI_INF_3DHP_17)[0]
         world = world_from_views(cams, poses_cam, annotations)
         is_test = seq_name.startswith("TS")
+        boxes, readers = mmpose_views(root, data, rows, instants)
         yield SourceSequence(
             name=seq_name,
             subject=seq_name if is_test else seq_name.split("_")[0],
@@ -260,13 +261,8 @@ def mmpose_sequences(
             fps=TRAIN_FPS,
             cameras=cams,
             source_frames=instants,
-            boxes=center_scale_boxes(data["center"][rows], data["scale"][rows]),
-            read_frames=[
-                image_reader(
-                    {t: root / str(data["imgname"][r]) for t, r in zip(instants, row, strict=True)}
-                )
-                for row in rows
-            ],
+            boxes=boxes,
+            read_frames=readers,
             poses_world=world,
             extra={"split": "test"} if is_test else {},
         )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from metricpose.cameras import Camera, intrinsics, look_at
+from metricpose.cameras import Camera, intrinsics, load_cameras_json, look_at
 from metricpose.errors import InputError
 
 #: Human3.6M-like layout: four cameras near the corners of the room, 1.5-2 m high,
@@ -80,21 +79,7 @@ def random_rig(num_cameras: int, rng: np.random.Generator, image_size: int = 100
 def load_rig(path: Path) -> list[Camera]:
     """Cameras from a JSON list in the dataset format's cameras.json layout (any count,
     positions, intrinsics and distortion; full-image sizes up to 4096 px)."""
-    try:
-        entries = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: rig file not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if (
-        not isinstance(entries, list)
-        or not entries
-        or not all(isinstance(e, dict) for e in entries)
-    ):
-        raise InputError(f"{path}: expected a non-empty list of camera objects")
-    cameras = [Camera.from_dict(e, str(path)) for e in entries]
-    if len({c.name for c in cameras}) != len(cameras):
-        raise InputError(f"{path}: camera names must be unique")
+    cameras = load_cameras_json(path)
     if max(max(c.width, c.height) for c in cameras) > 4096:
         raise InputError(
             f"{path}: images larger than 4096 px are not supported by the studio renderer"
