@@ -332,6 +332,9 @@ def train(
         )
 
     module = PoseModule(config, num_subjects=len(dataset.subjects), supervised=supervised)
+    if config["train"]["compile"]:
+        # Compiles on the first step (minutes); the state_dict keeps the plain module's names.
+        module.model.compile()
     if start_step == 0:
         mean, std = _pose_statistics(dataset, supervised, config["model"]["pose_frame"])
         module.model.pose_mean.copy_(mean)
@@ -354,11 +357,13 @@ def train(
     collate = collate_keys(dataset)
     # An iterable of the remaining steps' batches, without a length: Lightning then never ends
     # an "epoch" early and restarts it on resume; max_steps ends training.
+    pin = torch.cuda.is_available() and options["accelerator"] in ("auto", "gpu")
     train_loader = DataLoader(
         StepBatches(sampler, collate),
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=pin,
     )
     val_rng = np.random.default_rng([config["seed"], 11])
     val_keys = [
@@ -371,6 +376,7 @@ def train(
         collate_fn=collate,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=pin,
     )
 
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
