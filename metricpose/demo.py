@@ -22,7 +22,7 @@ from metricpose.config import load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.errors import InputError
 from metricpose.evaluate import predict, score
-from metricpose.probe import identity_probe
+from metricpose.probe import heading_probe, identity_probe
 from metricpose.retrieval import evaluate_retrieval
 from metricpose.studio.generate import generate, synth_config
 from metricpose.train import train
@@ -153,15 +153,16 @@ def run_demo(
                 pred, preset.query_stride, cross_subject=True, references=False
             )
         references = references or {k: retrieval[k] for k in ("oracle_3d", "random")}
-        probe = identity_probe(
-            predict(model, train_set, frame_stride=preset.probe_stride), seed=run["seed"]
-        )
+        train_pred = predict(model, train_set, frame_stride=preset.probe_stride)
+        probe = identity_probe(train_pred, seed=run["seed"])
+        heading = heading_probe(train_pred, pred)
         results.append({
             "variant": run["variant"], "labels": run["labels"], "seed": run["seed"],
             **{k: scores["overall"][k] for k in ("mpjpe", "n_mpjpe", "pa_mpjpe", "pck150", "auc")},
             "retrieval": retrieval["embedding"],
             "retrieval_cross_subject": cross["embedding"] if cross else None,
             "identity_probe_acc": probe["accuracy"],
+            "heading_probe_deg": heading["median_error_deg"],
             "train_seconds": run["train_seconds"],
             "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},
             "run_dir": str(run["dir"]),

@@ -48,3 +48,39 @@ def identity_probe(pred: Predictions, seed: int = 0, steps: int = 200) -> dict[s
     with torch.no_grad():
         accuracy = (linear(x[test]).argmax(1) == labels[test]).float().mean().item()
     return {"accuracy": accuracy, "chance": 1.0 / len(subjects)}
+
+
+def heading_angles(poses_cam: np.ndarray) -> np.ndarray:
+    """(N,) heading in radians: the yaw of the body's forward axis in the camera's x-z plane
+    (0 = facing away from the camera along +z) from (N, 17, 3) root-relative camera-frame poses."""
+    from metricpose.models.posenet import body_frame
+
+    forward = body_frame(torch.as_tensor(poses_cam, dtype=torch.float64))[..., :, 1].numpy()
+    return np.arctan2(forward[:, 0], forward[:, 2])
+
+
+def heading_probe(train: Predictions, test: Predictions, ridge: float = 1.0) -> dict[str, float]:
+    """How much of the body's heading relative to the camera a linear read-out finds in frozen
+    embeddings: ridge regression from embeddings to (cos, sin) of the heading, fitted on
+    ``train``'s labelled crops, scored on ``test``'s as the median angular error in degrees
+    (0: all there; about 90: none, as for a constant guess over uniformly spread headings).
+
+    The camera-frame pose needs this information; a view-invariant embedding removes it.
+    """
+
+    def design(p: Predictions) -> tuple[np.ndarray, np.ndarray]:
+        keep = p.labelled
+        x = np.concatenate([p.embedding[keep], np.ones((keep.sum(), 1))], axis=1)
+        yaw = heading_angles(p.pose_gt[keep])
+        return x, np.stack([np.cos(yaw), np.sin(yaw)], axis=1)
+
+    x, y = design(train)
+    weights = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ y)
+    xt, yt = design(test)
+    guess = xt @ weights
+    error = np.abs(
+        np.angle(
+            np.exp(1j * (np.arctan2(guess[:, 1], guess[:, 0]) - np.arctan2(yt[:, 1], yt[:, 0])))
+        )
+    )
+    return {"median_error_deg": float(np.degrees(np.median(error)))}

@@ -138,7 +138,8 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
             ("retrieval.mean_pa_mpjpe@1", 1, "retr. PA@1"), ("retrieval.mean_pa_mpjpe@10", 1, "retr. PA@10"),
             ("retrieval.hit@1", 100, "Hit@1 %"), ("retrieval.hit@10", 100, "Hit@10 %"),
             ("retrieval.top1_same_subject", 100, "top-1 same subj. %"), ("retrieval_cross_subject.hit@10", 100, "x-subj Hit@10 %"),
-            ("identity_probe_acc", 100, "identity probe %"), ("train_seconds", 1, "train s")]  # fmt: skip
+            ("identity_probe_acc", 100, "identity probe %"), ("heading_probe_deg", 1, "heading probe °"),
+            ("train_seconds", 1, "train s")]  # fmt: skip
     groups = {key: _groups(runs, key) for key, _, _ in keys}
     seeds = sorted({r["seed"] for r in runs})
     lines = [

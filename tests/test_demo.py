@@ -19,6 +19,7 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
         assert 0 <= run["retrieval"]["hit@1"] <= run["retrieval"]["hit@10"] <= 1
         assert run["retrieval"]["mean_pa_mpjpe@1"] > 0
         assert 0 <= run["identity_probe_acc"] <= 1 and run["train_seconds"] > 0
+        assert 0 <= run["heading_probe_deg"] <= 180
     # The oracle retrieves the same instant from another camera: zero error, every query a hit.
     assert doc["references"]["oracle_3d"]["mean_pa_mpjpe@1"] < 1e-3
     assert doc["references"]["oracle_3d"]["hit@1"] == 1.0
