@@ -2,7 +2,12 @@
 
 import hashlib
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -538,3 +543,30 @@ def test_a_full_disk_or_unusable_output_stops_before_the_work(
     with pytest.raises(OSError, match=r"out: only 1 MB free; sequence S1_Directions_1 needs about"):
         convert(sequences, tmp_path / "out", 256, progress=False)
     assert not list((tmp_path / "out").iterdir())  # nothing half-written
+
+
+@pytest.mark.slow
+def test_a_killed_conversion_resumes_to_the_same_bytes(h36m_fixture, tmp_path):
+    root = tmp_path / "h36m"
+    build_h36m_official(root, h36m_fixture, T=40)
+    command = [sys.executable, "-m", "metricpose.cli", "prepare", "h36m", "--root", str(root),
+               "--subjects", "S1,S11", "--stride", "1", "--no-progress"]  # fmt: skip
+    subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while (
+        not (killed / "S1_Directions_1" / "meta.json").exists()
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # one sequence complete, the other not yet (sorted order)
+    proc.wait()
+    assert not (killed / "S11_Directions" / "meta.json").exists(), (
+        "the conversion was not interrupted"
+    )
+    subprocess.run([*command, "--out", str(killed)], check=True, capture_output=True)
+    assert tree_digest(killed) == tree_digest(tmp_path / "straight")
