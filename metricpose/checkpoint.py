@@ -157,11 +157,19 @@ def load_model(path: Path | str, map_location: str = "cpu"):
     return model.eval(), config
 
 
+#: Options added after the first release, with the value that reproduces how models saved
+#: without them were built (today's default may differ).
+OLDER_MODELS = {"model": {"regressor_input": "embedding", "norm_eval": False}}
+
+
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config completed with today's defaults for options added since."""
+    """A checkpoint's config completed for options added since: first with the values that
+    reproduce older models, then with today's defaults."""
     from metricpose.config import defaults
 
     merged = defaults()
+    for section, values in OLDER_MODELS.items():
+        merged[section].update(values)
     for section, values in config.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section].update(values)

@@ -229,3 +229,17 @@ def test_readme_python_example_runs(model_file):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["result"].poses.shape == (2, 17, 3)
     assert namespace["vectors"].shape == (2, 16) and namespace["error_mm"] > 0
+
+
+def test_model_files_from_before_an_option_existed_load_as_they_were_built(tmp_path):
+    # regressor_input was added after the first release with a new default; files saved
+    # before must be rebuilt with the regressor they were trained with.
+    from metricpose.checkpoint import load_model
+
+    config = load_config("metric", ["model.regressor_input=embedding", "model.regressor_width=32"])
+    net = build_model(config, pretrained=False)
+    del config["model"]["regressor_input"], config["model"]["norm_eval"]
+    save_model(tmp_path / "old.pt", net.state_dict(), config, ["S1"], step=0, crop_size=CROP)
+    loaded, loaded_config = load_model(tmp_path / "old.pt")
+    assert loaded_config["model"]["regressor_input"] == "embedding"
+    assert loaded_config["model"]["pose_frame"] == config["model"]["pose_frame"]
