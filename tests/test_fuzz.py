@@ -631,7 +631,7 @@ for k, text in {
     SOURCE_CASES[f"3dhp-calibration-{k}"] = (_calibration_case(text), "camera.calibration")
 for k in ("train-junk", "train-no-annot3", "train-cell-shape", "train-missing-camera"):
     SOURCE_CASES[f"3dhp-{k}"] = (_annot_case(k), "Seq1")
-for k in ("test-not-hdf5", "test-no-valid", "test-shape", "test-count"):
+for k in ("test-not-hdf5", "test-no-valid", "test-shape", "test-count", "test-no-univ", "test-nan"):
     SOURCE_CASES[f"3dhp-{k}"] = (_annot_case(k), "annot_data.mat")
 for k in (
     "calib-junk",

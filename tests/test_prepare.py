@@ -378,6 +378,7 @@ def test_3dhp_test_set_keeps_valid_frames_in_the_camera_frame(h36m_fixture, tmp_
     theirs[:, list(FROM_MPI_INF_3DHP_17)] = pose_cam
     with h5py.File(folder / "annot_data.mat", "w") as f:  # MATLAB v7.3 stores (N, 1, 17, 3)
         f["annot3"] = theirs[:, None]
+        f["univ_annot3"] = 0.9 * theirs[:, None]  # rescaled to the universal height
         f["valid_frame"] = np.array([[1], [0], [1], [1], [0]], dtype=np.float64)
     for i in range(5):
         Image.new("RGB", (cam.width, cam.height)).save(
@@ -386,8 +387,10 @@ def test_3dhp_test_set_keeps_valid_frames_in_the_camera_frame(h36m_fixture, tmp_
     convert(mpi_inf_3dhp.testset_sequences(tmp_path), tmp_path / "out", 32, progress=False)
     seq = Sequence(tmp_path / "out" / "TS3")
     assert seq.meta.extra["source_frames"] == [0, 2, 3] and seq.has_frames
-    np.testing.assert_allclose(seq.poses_3d, pose_cam[[0, 2, 3]], atol=1e-3)
+    np.testing.assert_allclose(seq.poses_3d, 0.9 * pose_cam[[0, 2, 3]], atol=1e-3)  # univ_annot3
     np.testing.assert_array_equal(seq.cameras[0].R, np.eye(3))
+    expected = common.boxes_from_poses(seq.cameras, pose_cam[[0, 2, 3]])  # crops from annot3
+    np.testing.assert_allclose(seq.boxes, expected, atol=1e-3)
 
 
 # --- CMU Panoptic -------------------------------------------------------------------------

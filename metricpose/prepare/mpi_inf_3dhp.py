@@ -8,8 +8,8 @@ Official training set::
 
 Official test set (one camera per sequence, camera-frame annotations)::
 
-    ROOT/mpi_inf_3dhp_test_set/TS<k>/annot_data.mat   (MATLAB v7.3 / HDF5) annot3 (N, 1, 17, 3),
-                                                       valid_frame (N, 1)
+    ROOT/mpi_inf_3dhp_test_set/TS<k>/annot_data.mat   (MATLAB v7.3 / HDF5) annot3 and
+                                                       univ_annot3 (N, 1, 17, 3), valid_frame (N, 1)
     ROOT/mpi_inf_3dhp_test_set/TS<k>/imageSequence/img_<frame from 1, 6 digits>.jpg
 
 The test set ships no calibration file: its intrinsics (the published values) are in
@@ -161,26 +161,33 @@ def load_test_cameras() -> dict[str, Camera]:
     }
 
 
-def _read_test_annotations(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 17, 3) camera-frame mm in 3DHP's 17-joint order and (N,) bool valid frames."""
+def _read_test_annotations(path: Path) -> dict[str, np.ndarray]:
+    """``annot3`` and ``univ_annot3`` as (N, 17, 3) camera-frame mm in 3DHP's 17-joint order,
+    and ``valid_frame`` as (N,) bool."""
     import h5py
 
     path = require_file(path, "test annotation file")
+    keys = ("annot3", "univ_annot3", "valid_frame")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("annot3", "valid_frame") if k not in f]
+            missing = [k for k in keys if k not in f]
             if missing:
                 raise InputError(f"{path}: no {missing} variable (has {sorted(f)})")
-            annot3 = np.asarray(f["annot3"], dtype=np.float64)
-            valid = np.asarray(f["valid_frame"]).ravel().astype(bool)
+            data = {k: np.asarray(f[k], dtype=np.float64) for k in keys}
     except OSError as exc:
         raise InputError(f"{path}: not a MATLAB v7.3 (HDF5) file ({exc})") from None
-    annot3 = annot3.reshape(annot3.shape[0], -1, 3) if annot3.ndim == 4 else annot3
-    if annot3.shape[1:] != (17, 3) or len(valid) != len(annot3):
-        raise InputError(
-            f"{path}: annot3 must be (N, 1, 17, 3) with N valid_frame flags, got {annot3.shape} and {len(valid)}"
-        )
-    return annot3, valid
+    data["valid_frame"] = data["valid_frame"].ravel().astype(bool)
+    for key in ("annot3", "univ_annot3"):
+        a = data[key]
+        data[key] = a.reshape(a.shape[0], -1, 3) if a.ndim == 4 else a
+        if data[key].shape[1:] != (17, 3) or len(data["valid_frame"]) != len(data[key]):
+            raise InputError(
+                f"{path}: {key} must be (N, 1, 17, 3) with N valid_frame flags, got "
+                f"{a.shape} and {len(data['valid_frame'])}"
+            )
+        if not np.all(np.isfinite(data[key][data["valid_frame"]])):
+            raise InputError(f"{path}: {key} has NaN or Inf in valid frames")
+    return data
 
 
 def testset_sequences(
@@ -194,11 +201,15 @@ def testset_sequences(
     if not found:
         raise InputError(f"{base}: no TS1..TS6 folders")
     for folder in found:
-        annot3, valid = _read_test_annotations(folder / "annot_data.mat")
-        keep = [int(i) for i in np.flatnonzero(valid)[::stride]]
-        world = remap_joints(annot3[keep], FROM_MPI_INF_3DHP_17)[0]
+        annot = _read_test_annotations(folder / "annot_data.mat")
+        keep = [int(i) for i in np.flatnonzero(annot["valid_frame"])[::stride]]
+        # Crops come from the true 3D positions (annot3); the stored poses are univ_annot3,
+        # rescaled to a common height, against which the dataset's protocol scores PCK/AUC.
+        seen = remap_joints(annot["annot3"][keep], FROM_MPI_INF_3DHP_17)[0]
+        world = remap_joints(annot["univ_annot3"][keep], FROM_MPI_INF_3DHP_17)[0]
         cam = cameras[folder.name]
-        images = [folder / "imageSequence" / f"img_{i + 1:06d}.jpg" for i in range(len(annot3))]
+        count = len(annot["valid_frame"])
+        images = [folder / "imageSequence" / f"img_{i + 1:06d}.jpg" for i in range(count)]
         if with_frames:
             for i in keep:
                 require_file(images[i], "test image")
@@ -209,10 +220,10 @@ def testset_sequences(
             fps=TRAIN_FPS / stride,
             cameras=[cam],
             source_frames=keep,
-            boxes=boxes_from_poses([cam], world),
+            boxes=boxes_from_poses([cam], seen),
             read_frames=[image_reader(images)] if with_frames else None,
             poses_world=world,
-            extra={"split": "test"},
+            extra={"split": "test", "poses": "univ_annot3"},
         )
 
 
