@@ -28,6 +28,11 @@ def check_output_folder(out: Path, needed_mb: float = 200.0, purpose: str = "tra
         probe.unlink()
     except OSError as exc:
         raise OSError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    check_free_space(out, needed_mb, purpose)
+
+
+def check_free_space(out: Path, needed_mb: float, purpose: str) -> None:
+    """Fail if the disk holding ``out`` has less than ``needed_mb`` MB free."""
     free_mb = shutil.disk_usage(out).free / 2**20
     if free_mb < needed_mb:
         raise OSError(

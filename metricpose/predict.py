@@ -21,11 +21,15 @@ import torch
 from metricpose.api import PoseModel
 from metricpose.checkpoint import atomic_write_bytes
 from metricpose.errors import InputError
-from metricpose.prepare.common import read_image, whole_frame_box
+from metricpose.prepare.common import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    iter_video,
+    read_image,
+    whole_frame_box,
+)
 from metricpose.skeleton import JOINT_NAMES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif"}
 UNITS = "millimetres, root-relative (pelvis at 0), camera frame (x right, y down, z forward)"
 #: A detected person box is made square and enlarged by this factor, like the training crops.
 DETECTION_MARGIN = 1.25
@@ -56,17 +60,9 @@ def read_frames(path: Path, stride: int = 1) -> Iterator[tuple[int, np.ndarray]]
         raise InputError(
             f"{path}: not an image or video ({', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})"
         )
-    import av
-
-    if not path.is_file():
-        raise InputError(f"{path}: video not found")
-    try:
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i % stride == 0:
-                    yield i, frame.to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise InputError(f"{path}: unreadable or corrupt video ({exc})") from None
+    for i, frame in iter_video(path):
+        if i % stride == 0:
+            yield i, frame
 
 
 def load_boxes(path: Path) -> dict[tuple[str, int], np.ndarray]:

@@ -32,7 +32,7 @@ def build_search_index(
     from metricpose.data.format import is_complete
     from metricpose.evaluate import predict
     from metricpose.predict import discover_inputs
-    from metricpose.prepare.common import read_image
+    from metricpose.prepare.common import IMAGE_SUFFIXES, read_image
 
     source, out = Path(source), Path(out)
     began = time.perf_counter()
@@ -51,7 +51,7 @@ def build_search_index(
             for s, c, f in zip(pred.sequence, pred.camera, pred.frame, strict=True)
         ]
     else:
-        paths = [p for p in discover_inputs([source]) if p.suffix.lower() != ".mp4"]
+        paths = [p for p in discover_inputs([source]) if p.suffix.lower() in IMAGE_SUFFIXES]
         result = model.predict([read_image(p) for p in paths])
         vectors = result.embeddings
         items = [

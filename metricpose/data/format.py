@@ -118,7 +118,8 @@ def list_sequences(root: Path) -> list[Path]:
     )
 
 
-def _load_json(path: Path) -> Any:
+def load_json(path: Path) -> Any:
+    """Parsed JSON; one DatasetError naming the file if it is missing or invalid."""
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
     try:
@@ -127,7 +128,8 @@ def _load_json(path: Path) -> Any:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
+def load_array(path: Path, mmap: bool = False) -> np.ndarray:
+    """A numeric .npy array (never unpickled); one DatasetError naming the file otherwise."""
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
     try:
@@ -145,10 +147,10 @@ class Sequence:
     def __init__(self, folder: Path, check_frames: bool = True) -> None:
         self.folder = Path(folder)
         meta_path = self.folder / "meta.json"
-        raw = _load_json(meta_path)
+        raw = load_json(meta_path)
         self.meta = _parse_meta(raw, meta_path)
         cams_path = self.folder / "cameras.json"
-        cams = _load_json(cams_path)
+        cams = load_json(cams_path)
         if not isinstance(cams, list) or not cams:
             raise DatasetError(f"{cams_path}: expected a non-empty list of cameras")
         self.cameras = []
@@ -171,7 +173,7 @@ class Sequence:
         T, V = self.meta.num_frames, len(self.cameras)
 
         boxes_path = self.folder / "boxes.npy"
-        self.boxes = _load_array(boxes_path).astype(np.float64)
+        self.boxes = load_array(boxes_path).astype(np.float64)
         if self.boxes.shape != (V, T, 4):
             raise DatasetError(
                 f"{boxes_path}: expected shape {(V, T, 4)} (cameras, frames, 4), got {self.boxes.shape}"
@@ -189,9 +191,7 @@ class Sequence:
             self.meta.extra.get("missing_joints"), meta_path
         )
         if poses_path.exists():
-            self.poses_3d = _check_poses(
-                _load_array(poses_path), T, self.missing_joints, poses_path
-            )
+            self.poses_3d = _check_poses(load_array(poses_path), T, self.missing_joints, poses_path)
 
         self._frames: dict[str, np.ndarray] = {}
         self.has_frames = all((self.folder / "frames" / f"{n}.npy").is_file() for n in names)
@@ -218,7 +218,7 @@ class Sequence:
         """(T, S, S, 3) uint8 crops of one camera, memory-mapped."""
         if camera_name not in self._frames:
             path = self.folder / "frames" / f"{camera_name}.npy"
-            arr = _load_array(path, mmap=True)
+            arr = load_array(path, mmap=True)
             S, T = self.meta.crop_size, self.meta.num_frames
             if arr.shape != (T, S, S, 3):
                 raise DatasetError(

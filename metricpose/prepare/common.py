@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from metricpose.cameras import Camera
-from metricpose.checkpoint import check_output_folder
+from metricpose.checkpoint import check_free_space, check_output_folder
 from metricpose.data.format import SequenceMeta, is_complete, write_sequence
 from metricpose.errors import InputError
 from metricpose.skeleton import JOINT_NAMES
@@ -29,6 +29,9 @@ from metricpose.skeleton import JOINT_NAMES
 BOX_MARGIN = 1.25
 #: Smallest crop box side, px: keeps a box finite when only a few joints project.
 MIN_BOX_PX = 32.0
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif"})
 
 #: (frame index in the source) -> (H, W, 3) uint8 RGB image
 FrameReader = Callable[[list[int]], Iterator[np.ndarray]]
@@ -197,29 +200,37 @@ def video_frame_count(path: Path) -> int:
         raise InputError(f"{path}: unreadable video ({exc})") from None
 
 
+def iter_video(path: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, (H, W, 3) uint8 RGB) of every frame, decoded front to back; one clear
+    error naming the file for a missing, unreadable or corrupt video."""
+    import av
+
+    require_file(path, "video")
+    try:
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                yield i, frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise InputError(f"{path}: unreadable or corrupt video ({exc})") from None
+
+
 def video_reader(path: Path) -> FrameReader:
     """A frame reader that decodes a video once, front to back, keeping the wanted frames."""
 
     def read(indices: list[int]) -> Iterator[np.ndarray]:
-        import av
-
-        require_file(path, "video")
-        wanted = iter(sorted(indices))
-        next_index = next(wanted, None)
-        try:
-            with av.open(str(path)) as container:
-                for i, frame in enumerate(container.decode(video=0)):
-                    if next_index is None:
-                        return
-                    if i == next_index:
-                        yield frame.to_ndarray(format="rgb24")
-                        next_index = next(wanted, None)
-        except (av.error.FFmpegError, IndexError) as exc:
-            raise InputError(f"{path}: unreadable or corrupt video ({exc})") from None
-        if next_index is not None:
-            raise InputError(
-                f"{path}: video ends before frame {next_index} (truncated or shorter than its poses)"
-            )
+        wanted = sorted(indices)
+        if not wanted:
+            return
+        position = 0
+        for i, frame in iter_video(path):
+            if i == wanted[position]:
+                yield frame
+                position += 1
+                if position == len(wanted):
+                    return
+        raise InputError(
+            f"{path}: video ends before frame {wanted[position]} (truncated or shorter than its poses)"
+        )
 
     return read
 
@@ -259,7 +270,7 @@ def convert(
             counts["skipped"] += 1
             continue
         frames_mb = len(seq.cameras) * len(seq.source_frames) * 3 * crop_size**2 / 2**20
-        check_output_folder(
+        check_free_space(
             out, needed_mb=2 * frames_mb * with_frames + 1.0, purpose=f"sequence {seq.name}"
         )
         _write(seq, out, crop_size, with_frames, source)

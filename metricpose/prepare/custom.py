@@ -26,8 +26,11 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from metricpose.cameras import Camera, load_cameras_json
+from metricpose.data.format import load_array
 from metricpose.errors import InputError
 from metricpose.prepare.common import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
     SourceSequence,
     boxes_from_poses,
     image_reader,
@@ -37,9 +40,6 @@ from metricpose.prepare.common import (
     whole_frame_box,
 )
 from metricpose.skeleton import BONES, NUM_JOINTS
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 
 
 class _OpenCVLoader(yaml.SafeLoader):
@@ -118,23 +118,13 @@ def _camera_frames(root: Path, camera: str) -> tuple[int, Any] | None:
     return None
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: unreadable .npy ({exc})") from None
-    if arr.dtype.kind not in "biuf":
-        raise InputError(f"{path}: expected numbers, got an array of {arr.dtype}")
-    return arr.astype(np.float64)
-
-
 def _load_optional(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray | None:
     if not path.is_file():
         return None
-    arr = _load_npy(path)
+    arr = load_array(path).astype(np.float64)
     if arr.shape != shape:
         raise InputError(f"{path}: {what} must have shape {shape}, got {arr.shape}")
-    return arr.astype(np.float64)
+    return arr
 
 
 def sequences(
@@ -161,7 +151,7 @@ def sequences(
     poses_path = root / "poses_3d.npy"
     poses = None
     if poses_path.is_file():
-        poses = _load_npy(poses_path)
+        poses = load_array(poses_path).astype(np.float64)
         if poses.ndim != 3 or poses.shape[1:] != (NUM_JOINTS, 3):
             raise InputError(
                 f"{poses_path}: must have shape (T, {NUM_JOINTS}, 3), got {poses.shape}"

@@ -16,7 +16,6 @@ multi-view video in training.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from metricpose.cameras import Camera
+from metricpose.data.format import load_json
 from metricpose.errors import InputError
 from metricpose.prepare.common import (
     SourceSequence,
     boxes_from_poses,
     require_dir,
-    require_file,
     video_reader,
 )
 from metricpose.skeleton import FROM_PANOPTIC_19, remap_joints
@@ -39,16 +38,9 @@ FPS = 29.97
 CM_TO_MM = 10.0
 
 
-def _load_json(path: Path) -> object:
-    try:
-        return json.loads(require_file(path, "JSON file").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
-
-
 def load_cameras(path: Path, names: list[str] | None = None) -> list[Camera]:
     """HD cameras of a calibration file (all, or those named like '00_03'), in mm."""
-    raw = _load_json(path)
+    raw = load_json(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("cameras"), list):
         raise InputError(f"{path}: expected an object with a 'cameras' list")
     by_name = {
@@ -79,7 +71,7 @@ def load_cameras(path: Path, names: list[str] | None = None) -> list[Camera]:
 
 def _read_bodies(path: Path) -> dict[int, np.ndarray]:
     """Body id -> (19, 4) joints (world cm + confidence) of one frame file."""
-    raw = _load_json(path)
+    raw = load_json(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("bodies"), list):
         raise InputError(f"{path}: expected an object with a 'bodies' list")
     bodies = {}
