@@ -265,6 +265,7 @@ def _retrieval(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from metricpose.config import PRESETS as VARIANTS
     from metricpose.demo import run_demo
 
     run_demo(
@@ -274,7 +275,8 @@ def _demo(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         threads=args.threads,
         overrides=args.set,
-        variants=tuple(args.variants.split(",")),
+        variants=tuple(args.variants.split(",")) if args.variants else VARIANTS,
+        workers=args.jobs,
     )
 
 
@@ -368,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         help="studio data folder (default: OUT/data/studio-<preset>; generated if missing)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads per training (0: 1 when trainings run side by side, else torch's default)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -378,8 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--variants",
-        default="baseline,metric,metric_adv",
-        help="comma-separated variants to train and compare (default: all three)",
+        default="",
+        help="comma-separated variants to train and compare (default: every preset; the "
+        "baseline and its all-labels ceiling always run)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="trainings at once (default: 2 on a CPU machine with 2+ cores, 1 on a GPU)",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_demo)

@@ -163,6 +163,7 @@ def validate(config: dict[str, Any]) -> None:
         "loss.metric_weight",
         "loss.adversarial_weight",
         "loss.consistency_weight",
+        "loss.calibrated_weight",
         "loss.margin",
         "train.grad_clip",
         "data.num_workers",
@@ -175,10 +176,12 @@ def validate(config: dict[str, Any]) -> None:
         )
     if not 0.0 <= config["model"]["dropout"] < 1.0:
         raise ConfigError(f"'model.dropout' must be in [0, 1), got {config['model']['dropout']}")
-    if config["augment"]["flip"] and config["loss"]["consistency_weight"] > 0:
-        raise ConfigError(
-            "'augment.flip' mirrors the images but not the camera rotations that 'loss.consistency_weight' uses; disable one"
-        )
+    for key in ("consistency_weight", "calibrated_weight"):
+        if config["augment"]["flip"] and config["loss"][key] > 0:
+            raise ConfigError(
+                f"'augment.flip' mirrors the images but not the camera rotations that 'loss.{key}' uses; disable one"
+            )
+    _positive(config, "loss.calibrated_temperature_mm")
     overlap = set(config["data"]["train_subjects"]) & set(config["data"]["test_subjects"])
     if overlap:
         raise ConfigError(f"'data.test_subjects' overlaps the training subjects: {sorted(overlap)}")

@@ -72,6 +72,40 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def info_nce(
+    d_pos: torch.Tensor,
+    d_ap: torch.Tensor,
+    d_pa: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Cross-entropy of finding each instant's other view among its valid negatives, both
+    directions (CLIP-style), with logits ``-distance / temperature``.
+
+    Every negative pulls with a weight that grows with its similarity, so no single false
+    negative (the same pose at another time) dominates, and there is no collapse.
+
+    Args:
+        d_pos: (B,) distance between the two views of each instant.
+        d_ap, d_pa: (B, B') distances view a of i -> view b of j, and view b of i -> view a of j.
+        valid: (B, B') bool, which j are negatives for i.
+
+    Returns:
+        the mean over anchors that have at least one negative (0 when none has).
+    """
+    has_negative = valid.any(dim=1)
+    if not has_negative.any():
+        return d_pos.sum() * 0.0
+    positive_logit = -d_pos / temperature
+    loss = d_pos.new_zeros(())
+    for d in (d_ap, d_pa):
+        logits = (-d / temperature).masked_fill(~valid, float("-inf"))
+        all_logits = torch.cat([positive_logit[:, None], logits], dim=1)
+        per_anchor = torch.logsumexp(all_logits, dim=1) - positive_logit
+        loss = loss + per_anchor[has_negative].mean() / 2
+    return loss
+
+
 def multiview_metric_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,
@@ -149,17 +183,8 @@ def multiview_metric_loss(
         loss = torch.relu(margin + d_pos - hardest)[has_negative].mean() * share
         stats["d_neg"] = hardest[has_negative].mean().detach()
     elif kind == "infonce":
-        # Softmax over the positive and every valid negative, both directions (CLIP-style);
-        # ``margin`` is the temperature here. Every negative pulls with a weight that grows
-        # with its similarity, so no single false negative dominates and there is no collapse.
-        logits_ap = (-d_ap.pow(2) / margin).masked_fill(~valid, float("-inf"))
-        logits_pa = (-d_pa.pow(2) / margin).masked_fill(~valid, float("-inf"))
-        positive_logit = -d_pos.pow(2) / margin
-        loss = 0.0
-        for logits in (logits_ap, logits_pa):
-            all_logits = torch.cat([positive_logit[:, None], logits], dim=1)
-            per_anchor = torch.logsumexp(all_logits, dim=1) - positive_logit
-            loss = loss + per_anchor[has_negative].mean() * share / 2
+        # ``margin`` is the temperature here, on squared distances.
+        loss = info_nce(d_pos.pow(2), d_ap.pow(2), d_pa.pow(2), valid, margin) * share
         stats["d_neg"] = d_ap[valid].mean().detach()
     elif kind == "contrastive":
         neg = torch.relu(margin - torch.cat([d_ap[valid], d_pa[valid]])) ** 2
@@ -169,6 +194,60 @@ def multiview_metric_loss(
         raise ValueError(
             f"unknown metric loss {kind!r}; expected 'hardnet', 'infonce' or 'contrastive'"
         )
+    return loss, stats
+
+
+def pose_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, 17, 3), (B', 17, 3) -> (B, B') mean per-joint distance of every pair (MPJPE)."""
+    return torch.linalg.norm(a[:, None] - b[None], dim=-1).mean(-1)
+
+
+def calibrated_metric_loss(
+    pose_a: torch.Tensor,
+    pose_b: torch.Tensor,
+    R_a: torch.Tensor,
+    R_b: torch.Tensor,
+    sequence: torch.Tensor,
+    frame: torch.Tensor,
+    subject: torch.Tensor,
+    temperature: float,
+    time_window: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """InfoNCE on the predicted poses once both views are rotated into the world frame.
+
+    Positive: the two cameras' predictions of one instant, each rotated by its camera's known
+    rotation (Rₐᵀ·pose_a vs R_bᵀ·pose_b), must be the same world-frame pose; negatives: the
+    subject's other, time-separated instants must be different poses. Unlike the
+    view-invariant metric loss this supervises the camera-relative heading on unlabelled
+    people (a wrong heading rotates differently into the world from each camera), and unlike
+    the plain consistency term the negatives forbid the constant-pose solution.
+
+    Args:
+        pose_a, pose_b: (B, 17, 3) root-relative camera-frame poses, metres.
+        R_a, R_b: (B, 3, 3) world -> camera rotations.
+        sequence, frame, subject: (B,) ids of each instant.
+        temperature: metres of mean per-joint distance per unit of logit.
+
+    Under DDP, the other processes' predictions join the pool of negatives.
+
+    Returns:
+        the loss and diagnostics: mean positive and negative world-frame distances, metres.
+    """
+    world_a, world_b = pose_a @ R_a, pose_b @ R_b  # rows: (Rᵀ x)ᵀ = xᵀ R
+    all_a, all_b = _gather_with_grad(world_a), _gather_with_grad(world_b)
+    ids = [_gather_with_grad(x) for x in (sequence, frame, subject)]
+    B = pose_a.shape[0]
+    offset = dist.get_rank() * B if all_a.shape[0] != B else 0
+    valid = negative_mask(sequence, frame, subject, time_window, True, *ids)
+    valid[torch.arange(B), torch.arange(B) + offset] = False
+    d_pos = torch.linalg.norm(world_a - world_b, dim=-1).mean(-1)
+    d_ap, d_pa = pose_distances(world_a, all_b), pose_distances(world_b, all_a)
+    share = ddp_share(valid.any(dim=1).sum(), pose_a.device)
+    loss = info_nce(d_pos, d_ap, d_pa, valid, temperature) * share
+    stats = {
+        "cal_d_pos": d_pos.mean().detach(),
+        "cal_d_neg": d_ap[valid].mean().detach() if valid.any() else d_pos.new_tensor(float("nan")),
+    }
     return loss, stats
 
 

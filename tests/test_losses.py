@@ -6,6 +6,8 @@ import torch
 from metricpose.losses import (
     IdentityAdversary,
     adversary_coefficient,
+    calibrated_metric_loss,
+    multiview_consistency_loss,
     multiview_metric_loss,
     negative_mask,
     pose_loss,
@@ -164,8 +166,6 @@ def test_identity_adversary_learns_the_subject_while_the_embedding_gets_reversed
 def test_multiview_consistency_is_zero_for_agreeing_views_and_measures_disagreement():
     from scipy.spatial.transform import Rotation
 
-    from metricpose.losses import multiview_consistency_loss
-
     world = torch.randn(3, 17, 3, dtype=torch.float64)
     Ra = torch.as_tensor(Rotation.from_euler("y", [[10], [50], [90]], degrees=True).as_matrix())
     Rb = torch.as_tensor(Rotation.from_euler("x", [[20], [-30], [5]], degrees=True).as_matrix())
@@ -177,3 +177,80 @@ def test_multiview_consistency_is_zero_for_agreeing_views_and_measures_disagreem
     shifted = pose_b.clone()
     shifted[:, 4] += Rb[:, :, 0] * 0.3  # one joint moved 0.3 along the world x axis
     assert multiview_consistency_loss(pose_a, shifted, Ra, Rb).item() == pytest.approx(0.3 / 17)
+
+
+def _rotation_about_z(degrees: float) -> torch.Tensor:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_calibrated_metric_loss_hand_computed():
+    """Two instants of one subject, far apart in time; view b is camera a turned 90°. The
+    predictions agree in the world frame for instant 0 and disagree for instant 1."""
+    g = torch.Generator().manual_seed(0)
+    world = torch.randn(2, 17, 3, generator=g) * 0.3  # metres
+    R_a = torch.eye(3).expand(2, 3, 3)
+    R_b = _rotation_about_z(90.0).expand(2, 3, 3)
+    pose_a = world @ R_a.transpose(1, 2)  # camera-frame rows: (R x)^T = x^T R^T
+    pose_b = world @ R_b.transpose(1, 2)
+    pose_b[1] = pose_b[1] + torch.tensor([0.05, 0.0, 0.0])  # 50 mm off in view b
+    ids = dict(
+        sequence=torch.tensor([0, 0]), frame=torch.tensor([0, 20]), subject=torch.tensor([0, 0])
+    )
+    loss, stats = calibrated_metric_loss(
+        pose_a, pose_b, R_a, R_b, **ids, temperature=0.1, time_window=8
+    )
+
+    world_a, world_b = pose_a @ R_a, pose_b @ R_b
+    d = torch.tensor(
+        [[(world_a[i] - world_b[j]).norm(dim=-1).mean() for j in range(2)] for i in range(2)]
+    )
+    assert d[0, 0] == pytest.approx(0.0, abs=1e-6) and d[1, 1] == pytest.approx(0.05, rel=1e-5)
+    forward = [torch.logsumexp(-d[i] / 0.1, 0) + d[i, i] / 0.1 for i in range(2)]
+    backward = [torch.logsumexp(-d[:, i] / 0.1, 0) + d[i, i] / 0.1 for i in range(2)]
+    assert loss.item() == pytest.approx(((sum(forward) + sum(backward)) / 4).item(), rel=1e-5)
+    assert stats["cal_d_pos"].item() == pytest.approx(0.025, rel=1e-4)
+
+
+def test_calibrated_metric_loss_sees_a_heading_error_the_uncalibrated_one_cannot():
+    """Predicting every pose turned by the same 30° in each camera's frame is view-consistent
+    for an uncalibrated loss (the same error everywhere) but not once rotated into the world
+    frame by two different cameras."""
+    g = torch.Generator().manual_seed(1)
+    world = torch.randn(4, 17, 3, generator=g) * 0.3
+    R_a = _rotation_about_z(0.0) @ torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # tilted
+    R_b = _rotation_about_z(120.0) @ R_a
+    error = torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]).T @ _rotation_about_z(30.0)
+    ids = dict(
+        sequence=torch.arange(4),
+        frame=torch.zeros(4, dtype=torch.long),
+        subject=torch.zeros(4, dtype=torch.long),
+    )
+    args = dict(**ids, temperature=0.05, time_window=8)
+    right = calibrated_metric_loss(
+        world @ R_a.T, world @ R_b.T, R_a.expand(4, 3, 3), R_b.expand(4, 3, 3), **args
+    )[0]
+    wrong = calibrated_metric_loss(
+        world @ R_a.T @ error.T,
+        world @ R_b.T @ error.T,
+        R_a.expand(4, 3, 3),
+        R_b.expand(4, 3, 3),
+        **args,
+    )[0]
+    assert wrong.item() > right.item() + 0.1
+
+
+def test_calibrated_metric_loss_forbids_the_constant_pose():
+    """The plain consistency term is zero for one constant world pose; this loss is not."""
+    const = torch.randn(1, 17, 3).expand(3, 17, 3) * 0.3
+    R = torch.eye(3).expand(3, 3, 3)
+    ids = dict(
+        sequence=torch.arange(3),
+        frame=torch.zeros(3, dtype=torch.long),
+        subject=torch.zeros(3, dtype=torch.long),
+    )
+    assert multiview_consistency_loss(const, const, R, R).item() == pytest.approx(0.0, abs=1e-7)
+    loss, _ = calibrated_metric_loss(const, const, R, R, **ids, temperature=0.05, time_window=8)
+    assert loss.item() == pytest.approx(
+        math.log(3), rel=1e-5
+    )  # the positive is one of three equals

@@ -4,7 +4,13 @@ import pytest
 from metricpose.skeleton import BONES
 from metricpose.studio.body import make_subject
 from metricpose.studio.generate import generate, synth_config
-from metricpose.studio.motion import ACTIONS, ANKLE_HEIGHT_MM, generate_take
+from metricpose.studio.motion import (
+    ACTIONS,
+    ANKLE_HEIGHT_MM,
+    JOINT_LIMITS_DEG,
+    draw_style,
+    generate_take,
+)
 from metricpose.studio.render import CameraBackdrop, Studio, render_take
 from metricpose.studio.rig import default_rig, random_rig
 
@@ -32,6 +38,26 @@ def test_motion_is_rigid_grounded_and_smooth(action):
     assert (joints[:, 10, 2] > joints[:, 0, 2]).all()  # head above pelvis
     speed = np.linalg.norm(np.diff(joints, axis=0), axis=-1) * 12.5  # mm/s
     assert speed.max() < 12000  # no jumps between frames
+
+
+def test_motion_style_is_a_persons_own_and_stays_within_joint_limits():
+    """Two people perform the same take differently; with strength 0 they move alike."""
+    subject = make_subject("S1", np.random.default_rng(0))
+
+    def take(style):
+        return generate_take(subject, "boxing", 30, 12.5, np.random.default_rng(4), style)
+
+    def relative(t):
+        return t["joints"] - t["joints"][:, :1]
+
+    plain = take(None)
+    assert np.allclose(relative(take(draw_style(np.random.default_rng(1), 0.0))), relative(plain))
+    a, b = take(draw_style(np.random.default_rng(1))), take(draw_style(np.random.default_rng(2)))
+    assert np.linalg.norm(relative(a) - relative(b), axis=-1).mean() > 30  # mm
+    for styled in (a, b):
+        knees = styled["angles_deg"][:, [2, 5], 0]
+        assert knees.min() >= JOINT_LIMITS_DEG["knee"][0][0] - 1e-6 and knees.max() <= 1e-6
+        assert np.isfinite(styled["joints"]).all()
 
 
 def test_subjects_differ_in_body_and_looks_but_are_left_right_symmetric():

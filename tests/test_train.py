@@ -15,7 +15,7 @@ from metricpose.config import ConfigError, load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.errors import InputError
 from metricpose.evaluate import predict, score
-from metricpose.train import NonFiniteLossError, labelled_instants, train
+from metricpose.train import NonFiniteLossError, hold_out_sequences, labelled_instants, train
 
 TINY = [
     "batch.size=8",
@@ -132,6 +132,22 @@ def test_label_protocols(tiny_studio):
     assert frac.sum() == 8 * 4  # 4 of 16 frames in each of the 8 sequences
     assert np.array_equal(frac, labelled_instants(ds, "fraction:0.25", ["S1", "S5"], seed=0))
     assert not np.array_equal(frac, labelled_instants(ds, "fraction:0.25", ["S1", "S5"], seed=1))
+
+
+def test_validation_holds_out_whole_sequences(tiny_studio):
+    """Validation never shares a take with training: neighbouring frames are near-duplicates."""
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    labelled = labelled_instants(ds, "S1", ["S1", "S5"], seed=0)
+    supervised, val = hold_out_sequences(ds, labelled, seed=0)
+    held = set(ds.seq_index[val])
+    assert len(held) == 1  # 10% of S1's 4 takes, at least one
+    assert not held & set(ds.seq_index[supervised])
+    assert set(val) | set(np.flatnonzero(supervised)) == set(np.flatnonzero(labelled))
+    assert (ds.frame_index[val] == np.arange(16)).all()  # the whole take
+    # One labelled sequence: its last 10% of frames, never all of it.
+    one = labelled & (ds.seq_index == ds.seq_index[np.flatnonzero(labelled)[0]])
+    supervised, val = hold_out_sequences(ds, one, seed=0)
+    assert len(val) == 2 and supervised.sum() == 14 and ds.frame_index[val].tolist() == [14, 15]
 
 
 def test_config_validation():

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from metricpose.data.format import SequenceMeta, is_complete, write_sequence
 from metricpose.errors import InputError
 from metricpose.studio.body import make_subject
-from metricpose.studio.motion import ACTIONS, generate_take
+from metricpose.studio.motion import ACTIONS, draw_style, generate_take
 from metricpose.studio.render import CameraBackdrop, Studio, render_take
 from metricpose.studio.rig import default_rig, load_rig, random_rig
 
@@ -32,6 +32,7 @@ class SynthConfig:
     rig_file: str | None = None  # cameras.json-style list: positions, intrinsics, distortion
     res: int = 64
     seed: int = 0
+    style: float = 0.0  # strength of each person's own motion style (motion.draw_style); 0: none
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -88,7 +89,12 @@ def generate(out: Path, config: SynthConfig, progress: bool = True) -> list[Path
         subject = make_subject(subject_name, np.random.default_rng([seed, 2, number]))
         action_id = list(ACTIONS).index(action)
         motion_rng = np.random.default_rng([seed, 3, number, action_id, take])
-        motion = generate_take(subject, action, config.frames, config.fps, motion_rng)
+        style = (
+            draw_style(np.random.default_rng([seed, 5, number]), config.style)
+            if config.style
+            else None
+        )
+        motion = generate_take(subject, action, config.frames, config.fps, motion_rng, style)
         frames, boxes = {}, []
         for v, cam in enumerate(rig):
             crops, cam_boxes = render_take(

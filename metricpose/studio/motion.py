@@ -9,7 +9,7 @@ slow low-amplitude wobble on every joint, so no two takes are alike.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -267,6 +267,44 @@ ACTIONS: dict[str, Callable[[Pose, np.ndarray, TakeParams], None]] = {
 }  # fmt: skip
 
 
+@dataclass
+class MotionStyle:
+    """How one person moves, in every take: a larger or smaller range of motion, a faster or
+    slower tempo, and a habitual posture (degrees added to each joint's angles, as Pose.set
+    takes them) — a stoop, arms held out or bent, a wide stance, bent knees. People differ
+    like this, so one person's labelled poses do not cover another's."""
+
+    amplitude: float
+    speed: float
+    posture_deg: dict[str, np.ndarray]  # joint name -> (3,) flexion, abduction, twist
+
+
+#: Standard deviation (degrees) of the habitual offset of (flexion, abduction, twist) per joint.
+_POSTURE_SPREAD_DEG = {
+    "root": (6, 3, 0), "spine": (8, 5, 5), "thorax": (6, 4, 4), "neck": (10, 6, 10),
+    "hip": (6, 5, 4), "knee": (8, 0, 0), "shoulder": (12, 14, 10), "elbow": (18, 0, 8),
+}  # fmt: skip
+
+
+def draw_style(rng: np.random.Generator, strength: float = 1.0) -> MotionStyle:
+    """A person's motion style; ``strength`` scales every deviation from the neutral one (0:
+    everyone moves alike). Left and right differ a little, as in people."""
+    posture, habit = {}, {}
+    for name, key in _LIMIT_OF_JOINT.items():
+        spread = np.asarray(_POSTURE_SPREAD_DEG[key], dtype=float)
+        if key not in habit:  # both sides share the habit (Pose.set mirrors it), plus a little
+            habit[key] = rng.normal(0.0, spread)
+        offset = habit[key] + rng.normal(0.0, 0.3 * spread)
+        if key in ("knee", "elbow"):  # these bend one way only
+            offset[0] = -abs(offset[0]) if key == "knee" else abs(offset[0])
+        posture[name] = strength * offset
+    return MotionStyle(
+        amplitude=float(np.exp(strength * rng.normal(0.0, 0.2))),
+        speed=float(np.exp(strength * rng.normal(0.0, 0.12))),
+        posture_deg=posture,
+    )
+
+
 def draw_take_params(rng: np.random.Generator) -> TakeParams:
     return TakeParams(
         amplitude=float(rng.uniform(0.7, 1.2)),
@@ -293,9 +331,14 @@ def _clip_to_limits(angles: dict[str, np.ndarray]) -> None:
 
 
 def generate_take(
-    subject: Subject, action: str, num_frames: int, fps: float, rng: np.random.Generator
+    subject: Subject,
+    action: str,
+    num_frames: int,
+    fps: float,
+    rng: np.random.Generator,
+    style: MotionStyle | None = None,
 ) -> dict[str, np.ndarray]:
-    """Animate one take.
+    """Animate one take, in the subject's motion ``style`` if given.
 
     Returns a dict with ``joints`` (T, 17, 3) world mm, ``rotations`` (T, 17, 3, 3) global joint
     rotations (they orient the feet, hands and face for rendering) and ``angles_deg``
@@ -306,7 +349,14 @@ def generate_take(
     t = np.arange(num_frames) / fps
     take = draw_take_params(rng)
     pose = Pose(num_frames)
+    if style is not None:
+        take = replace(
+            take, amplitude=take.amplitude * style.amplitude, speed=take.speed * style.speed
+        )
     ACTIONS[action](pose, t, take)
+    if style is not None:
+        for name, offset in style.posture_deg.items():
+            pose.set(name, *offset)
     # Slow wobble on every joint so that repeated cycles and takes differ.
     for name in J:
         freq = rng.uniform(0.1, 0.5, size=3)
