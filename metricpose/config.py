@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import yaml
 
 from metricpose.errors import InputError
 
-PRESETS = ("baseline", "metric", "metric_adv")
+PRESETS = ("baseline", "metric", "metric_adv", "metric_calibrated")
 
 
 class ConfigError(InputError):
@@ -170,6 +171,12 @@ def validate(config: dict[str, Any]) -> None:
         "train.threads",
     ):
         _positive(config, key, allow_zero=True)
+    cpus = os.cpu_count() or 1
+    if config["data"]["num_workers"] > max(4, cpus):
+        raise ConfigError(
+            f"'data.num_workers' is {config['data']['num_workers']}, more than this machine's "
+            f"{cpus} CPUs can use (each worker is a process of several hundred MB); at most {max(4, cpus)}"
+        )
     if not 0.0 <= config["batch"]["labelled_fraction"] <= 1.0:
         raise ConfigError(
             f"'batch.labelled_fraction' must be in [0, 1], got {config['batch']['labelled_fraction']}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -218,6 +219,11 @@ SEQUENCE_CASES.update({
     "frames-count": (npy_edit("frames/cam0.npy", lambda a: a[:2]), "cam0.npy"),
     "frames-truncated": (raw_bytes("frames/cam1.npy", lambda b: b[: len(b) - 100]), "cam1.npy"),
     "frames-junk": (raw_bytes("frames/cam0.npy", lambda b: b"\x93NUMPY garbage"), "cam0.npy"),
+    "frames-file-missing": (lambda f: (f / "frames" / "cam1.npy").unlink(), "cam1.npy"),
+    "frames-folder-missing": (lambda f: shutil.rmtree(f / "frames"), "cam0.npy"),
+    "meta-frames-not-bool": (json_edit("meta.json", set_key("frames", "yes")), "meta.json"),
+    "meta-fps-nan": (raw_bytes("meta.json", lambda b: b.replace(b'"fps": 10.0', b'"fps": NaN')), "meta.json"),
+    "meta-fps-inf": (raw_bytes("meta.json", lambda b: b.replace(b'"fps": 10.0', b'"fps": Infinity')), "meta.json"),
 })  # fmt: skip
 for seed in range(6):  # seeded random truncations of each file
     for name in ("meta.json", "cameras.json", "poses_3d.npy", "boxes.npy", "frames/cam0.npy"):

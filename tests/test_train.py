@@ -15,7 +15,13 @@ from metricpose.config import ConfigError, load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.errors import InputError
 from metricpose.evaluate import predict, score
-from metricpose.train import NonFiniteLossError, hold_out_sequences, labelled_instants, train
+from metricpose.train import (
+    NonFiniteLossError,
+    hold_out_sequences,
+    labelled_instants,
+    one_cycle,
+    train,
+)
 
 TINY = [
     "batch.size=8",
@@ -148,6 +154,17 @@ def test_validation_holds_out_whole_sequences(tiny_studio):
     one = labelled & (ds.seq_index == ds.seq_index[np.flatnonzero(labelled)[0]])
     supervised, val = hold_out_sequences(ds, one, seed=0)
     assert len(val) == 2 and supervised.sum() == 14 and ds.frame_index[val].tolist() == [14, 15]
+
+
+def test_every_step_count_has_a_schedule():
+    """20 steps used to end in ZeroDivisionError inside OneCycleLR."""
+    for steps in range(1, 130):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        schedule = one_cycle(optimizer, 1e-3, steps)
+        for _ in range(steps):
+            optimizer.step()
+            schedule.step()
+        assert 0 < optimizer.param_groups[0]["lr"] <= 1e-3
 
 
 def test_config_validation():

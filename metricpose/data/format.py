@@ -18,6 +18,7 @@ temporary name and rename it into place, so an interrupted write never looks com
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -97,7 +98,9 @@ def write_sequence(
         np.save(tmp / "poses_3d.npy", np.asarray(poses_3d, dtype=np.float32))
     for cam_name, crops in (frames or {}).items():
         np.save(tmp / "frames" / f"{cam_name}.npy", np.ascontiguousarray(crops, dtype=np.uint8))
-    (tmp / "meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
+    # Declared, so that a frames file lost later is an error rather than a sequence left out.
+    declared = {**meta.to_dict(), "frames": bool(frames)}
+    (tmp / "meta.json").write_text(json.dumps(declared, indent=1))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -194,7 +197,18 @@ class Sequence:
             self.poses_3d = _check_poses(load_array(poses_path), T, self.missing_joints, poses_path)
 
         self._frames: dict[str, np.ndarray] = {}
-        self.has_frames = all((self.folder / "frames" / f"{n}.npy").is_file() for n in names)
+        present = [(self.folder / "frames" / f"{n}.npy").is_file() for n in names]
+        declared = self.meta.extra.get("frames")  # written since format 1 by write_sequence
+        if declared is not None and not isinstance(declared, bool):
+            raise DatasetError(f"{meta_path}: 'frames' must be true or false, got {declared!r}")
+        if declared or (declared is None and any(present)):
+            missing = [n for n, ok in zip(names, present, strict=True) if not ok]
+            if missing:
+                raise DatasetError(
+                    f"{self.folder / 'frames' / (missing[0] + '.npy')}: frames file missing "
+                    f"(the sequence declares crops for cameras {names})"
+                )
+        self.has_frames = all(present)
         if check_frames and self.has_frames:
             for n in names:
                 self.frames(n)
@@ -285,7 +299,7 @@ def _parse_meta(raw: Any, path: Path) -> SequenceMeta:
             raise DatasetError(f"{path}: missing key {key!r}")
         if not isinstance(raw[key], typ) or isinstance(raw[key], bool):
             raise DatasetError(f"{path}: {key!r} has the wrong type ({type(raw[key]).__name__})")
-    if raw["num_frames"] <= 0 or raw["crop_size"] <= 0 or raw["fps"] <= 0:
+    if raw["num_frames"] <= 0 or raw["crop_size"] <= 0 or not 0 < raw["fps"] < math.inf:
         raise DatasetError(f"{path}: num_frames, crop_size and fps must be positive")
     if not raw["cameras"] or not all(isinstance(c, str) for c in raw["cameras"]):
         raise DatasetError(f"{path}: 'cameras' must be a non-empty list of names")
