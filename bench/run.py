@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_cpu_modes import cpu_mode_figures  # noqa: E402
 from bench_inference import inference_rates  # noqa: E402
 from bench_memory import training_peak_mb  # noqa: E402
 from bench_retrieval import retrieval_figures  # noqa: E402
@@ -37,7 +38,7 @@ def figure(
 
 
 def demo_minutes() -> float:
-    """Wall-clock minutes of the default demo from scratch (data, 3 trainings, evaluation)."""
+    """Wall-clock minutes of the default demo from scratch (data, trainings, evaluation)."""
     import tempfile
 
     from metricpose.demo import run_demo
@@ -51,7 +52,7 @@ def demo_minutes() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--demo", action="store_true", help="also time the default demo (about 10 minutes)"
+        "--demo", action="store_true", help="also time the default demo (about 20 minutes)"
     )
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -68,6 +69,16 @@ def main() -> None:
         figure(f"data pipeline ({step['workers']} workers) / training step consumption",
                step["data"] / step["full"], "ratio", 2),
         figure("data pipeline throughput", step["data"], "images/s"),
+    ]  # fmt: skip
+    modes = cpu_mode_figures()
+    figures += [
+        figure("training step fp32 (default network, batch 64, 64 px)", modes["fp32"], "images/s"),
+        figure(f"training step bf16 autocast (CPU has AMX-BF16: {'yes' if modes['amx'] else 'no'})",
+               modes["bf16"], "images/s"),
+        figure("bf16 autocast / fp32", modes["bf16"] / modes["fp32"], "ratio"),
+        figure("channels_last / contiguous input", modes["fp32"] / modes["contiguous"], "ratio"),
+        figure("two 1-thread trainings side by side / one 2-thread training (demo's choice)",
+               modes["two_runs_one_thread"] / modes["one_run_two_threads"], "ratio", 1.0),
     ]  # fmt: skip
     rates = inference_rates()
     for batch, (eager, onnx) in rates.items():
@@ -94,7 +105,7 @@ def main() -> None:
         )
     )
     if args.demo:
-        figures.append(figure("default demo, end to end", demo_minutes(), "minutes", 10, False))
+        figures.append(figure("default demo, end to end", demo_minutes(), "minutes", 20, False))
     machine = f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch threads, torch {torch.__version__}".strip()
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)

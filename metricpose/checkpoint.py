@@ -81,6 +81,10 @@ def safe_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if _is_not_a_torch_file(path):
+            raise InputError(
+                f"{path}: not a PyTorch model or checkpoint file (corrupt, or another format)"
+            ) from None
         if "Weights only load failed" not in str(exc):
             raise InputError(f"{path}: corrupt checkpoint ({str(exc).splitlines()[0]})") from None
         raise InputError(
@@ -90,6 +94,13 @@ def safe_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     except Exception as exc:  # truncated zip archives, bad magic numbers, EOF ...
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: corrupt or truncated checkpoint ({first[:200]})") from None
+
+
+def _is_not_a_torch_file(path: Path) -> bool:
+    """True unless the file starts like a torch.save archive (zip) or a legacy pickle."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return not (head.startswith(b"PK") or head[:1] == b"\x80")
 
 
 def save_model(
@@ -148,6 +159,13 @@ def load_model(path: Path | str, map_location: str = "cpu"):
         raise InputError(
             f"{path}: malformed model file (config, weights or crop size of the wrong type)"
         )
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if not torch.isfinite(tensor).all():
+                raise InputError(
+                    f"{path}: weight tensor {name!r} holds NaN or Inf; the model would predict "
+                    "NaN joints (a diverged or damaged training run)"
+                )
     try:
         config = _with_defaults(config)
         model = build_model(config, pretrained=False)

@@ -327,6 +327,13 @@ CHECKPOINT_CASES = {
         {**_reload(b), "state_dict": {k: v[..., :1] if v.ndim else v for k, v in _reload(b)["state_dict"].items()}}
     ),
     "weights-missing": lambda b: _torch_bytes({**_reload(b), "state_dict": dict(list(_reload(b)["state_dict"].items())[:3])}),
+    "weights-nan": lambda b: _torch_bytes(
+        {**_reload(b), "state_dict": {k: v * float("nan") if v.is_floating_point() else v for k, v in _reload(b)["state_dict"].items()}}
+    ),
+    "weights-one-inf": lambda b: _torch_bytes(
+        {**_reload(b), "state_dict": {**_reload(b)["state_dict"], "embed.bias": _reload(b)["state_dict"]["embed.bias"] + float("inf")}}
+    ),
+    "random-bytes": lambda b: np.random.default_rng(0).bytes(4096),
     "config-bad-backbone": lambda b: _torch_bytes(
         {**_reload(b), "config": {**_reload(b)["config"], "model": {**_reload(b)["config"]["model"], "backbone": "vgg"}}}
     ),
@@ -342,6 +349,10 @@ def test_corrupt_checkpoints(case, model_bytes, tmp_path):
     with pytest.raises(InputError) as err:
         load_model(path)
     assert "suspect.pt" in str(err.value), str(err.value)
+    if case in ("weights-nan", "weights-one-inf"):
+        assert "NaN or Inf" in str(err.value) and "'" in str(err.value)  # names the tensor
+    if case == "random-bytes":
+        assert "not a PyTorch model" in str(err.value)
 
 
 # --- official dataset files and users' calibration -------------------------------------------

@@ -1,0 +1,86 @@
+"""CPU execution modes of the training step, each measured against fp32 in the same run:
+bf16 autocast, channels_last memory format, and two trainings side by side (one thread each)
+against one training with every thread — the way the demo spends two cores."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import torch
+
+from metricpose.models.posenet import PoseNet
+
+
+def _step_rate(
+    crop: int = 64,
+    batch: int = 64,
+    bf16: bool = False,
+    channels_last: bool = True,
+    steps: int = 6,
+    threads: int = 0,
+) -> float:
+    """Images/s of forward + backward + AdamW on the default network (fp32 or bf16 autocast)."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = PoseNet("resnet18", 0.5, 128, 1024, 2, 0.25, pose_frame="camera")
+    if not channels_last:  # the network's input is channels_last by default
+        model.normalise_images = lambda x: (  # type: ignore[method-assign]
+            (x.permute(0, 3, 1, 2).float() - model.image_mean) / model.image_std
+        ).contiguous()
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)
+    images = torch.rand(batch, crop, crop, 3) * 255
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(images)
+            loss = out["pose_cam"].float().pow(2).mean() + out["embedding"].float().sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    step()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - began)
+
+
+def _one_thread_rate(_: int) -> float:
+    return _step_rate(threads=1)
+
+
+def side_by_side_ratio() -> tuple[float, float]:
+    """(images/s of two 1-thread trainings together, images/s of one training on 2 threads)."""
+    together = _step_rate(threads=2)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:  # each measures its rate while the other runs
+        rates = pool.map(_one_thread_rate, range(2))
+    torch.set_num_threads(2)
+    return sum(rates), together
+
+
+def cpu_mode_figures() -> dict[str, float]:
+    """Throughputs for the bench table, all measured in this one call."""
+    fp32 = _step_rate()
+    bf16 = _step_rate(bf16=True, steps=2)  # can be 10x slower without AMX: fewer steps
+    plain = _step_rate(channels_last=False)
+    parallel, single = side_by_side_ratio()
+    return {
+        "fp32": fp32,
+        "bf16": bf16,
+        "contiguous": plain,
+        "two_runs_one_thread": parallel,
+        "one_run_two_threads": single,
+        "amx": float(_has_cpu_flag("amx_bf16")),
+    }
+
+
+def _has_cpu_flag(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
