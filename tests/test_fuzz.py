@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import pickle
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
