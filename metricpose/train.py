@@ -87,6 +87,69 @@ def check_batch_memory(batch_size: int, crop_size: int) -> None:
         )
 
 
+#: Options a resumed run may change: they decide how it runs, not what it computes.
+RESUME_SAFE_KEYS = ("train.threads", "data.num_workers", "train.log_every", "data.root")
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumed_config(saved_file: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume with another configuration than the run was started with: the saved
+    config.yaml and model.pt would then describe a run that never happened."""
+    if not saved_file.exists():
+        return
+    try:
+        saved = yaml.safe_load(saved_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{saved_file}: unreadable saved config ({exc})") from None
+    before, now = _flatten(saved or {}), _flatten(config)
+    changed = sorted(
+        k
+        for k in before.keys() | now.keys()
+        if before.get(k) != now.get(k) and k not in RESUME_SAFE_KEYS
+    )
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        raise InputError(
+            f"{saved_file}: --resume with a different configuration ({details}); resume with the "
+            "options the run was started with, or train into a new --out"
+        )
+
+
+def lock_output_folder(out: Path) -> Any:
+    """Take ``out/.lock`` for this training (the first DDP process only); a second training
+    into the same folder gets an error naming the holder instead of mixing the two runs' files.
+    The lock is an OS file lock, so a killed run leaves none behind. Returns the open file."""
+    import fcntl
+
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) != 0:
+        return None
+    handle = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(
+            f"{out}: another training is writing to this folder ({holder}); wait for it to "
+            "finish or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+    handle.flush()
+    return handle
+
+
 def hold_out_sequences(
     dataset: MultiViewDataset, labelled: np.ndarray, seed: int, share: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -369,6 +432,7 @@ def train(
     if config["data"]["root"] is None:
         raise InputError("no dataset given: set data.root (metricpose train --data DIR)")
     check_output_folder(out)
+    lock = lock_output_folder(out)  # held until this process ends (released by the OS)
     if config["train"]["threads"]:
         torch.set_num_threads(config["train"]["threads"])
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -388,6 +452,7 @@ def train(
     last = ckpt_dir / "last.ckpt"
     start_step = 0
     if resume and last.exists():
+        check_resumed_config(out / "config.yaml", config)
         start_step = int(safe_load(last)["global_step"])
     elif not resume and last.exists():
         raise FileExistsError(
@@ -504,4 +569,6 @@ def train(
         )
         # Written last and atomically: the demo takes its presence for a finished run.
         atomic_write_bytes(out / "train_summary.json", json.dumps(summary, indent=1).encode())
+    if lock is not None:
+        lock.close()
     return summary

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from metricpose.checkpoint import build_model, load_model, safe_load
 from metricpose.config import ConfigError, load_config
@@ -17,8 +18,10 @@ from metricpose.errors import InputError
 from metricpose.evaluate import predict, score
 from metricpose.train import (
     NonFiniteLossError,
+    check_resumed_config,
     hold_out_sequences,
     labelled_instants,
+    lock_output_folder,
     one_cycle,
     train,
 )
@@ -154,6 +157,28 @@ def test_validation_holds_out_whole_sequences(tiny_studio):
     one = labelled & (ds.seq_index == ds.seq_index[np.flatnonzero(labelled)[0]])
     supervised, val = hold_out_sequences(ds, one, seed=0)
     assert len(val) == 2 and supervised.sum() == 14 and ds.frame_index[val].tolist() == [14, 15]
+
+
+def test_a_second_training_into_the_same_folder_is_refused_naming_the_first(tmp_path):
+    first = lock_output_folder(tmp_path)
+    with pytest.raises(InputError, match=f"pid {os.getpid()}"):
+        lock_output_folder(tmp_path)
+    first.close()  # the first run ended (or was killed: the OS drops the lock)
+    lock_output_folder(tmp_path).close()
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
+    started = load_config("metric", ["data.root=/d"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(started, sort_keys=False))
+    check_resumed_config(saved, load_config("metric", ["data.root=/elsewhere", "train.threads=2"]))
+    with pytest.raises(
+        InputError,
+        match=r"loss.metric_weight: 0.3 -> 0.5",
+    ):
+        check_resumed_config(
+            saved, load_config("metric", ["data.root=/d", "loss.metric_weight=0.5"])
+        )
 
 
 def test_every_step_count_has_a_schedule():
