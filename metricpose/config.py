@@ -27,6 +27,8 @@ def _read_yaml(path: Path | Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: config file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a UTF-8 text file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

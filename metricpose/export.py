@@ -23,11 +23,27 @@ class ExportedPoseNet(torch.nn.Module):
         return out["pose_cam"], out["embedding"]
 
 
+def _check_writable(path: Path) -> None:
+    """One clear OSError naming the file before any work, instead of the exporter's traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise OSError(f"{path}: cannot write the exported model ({exc.strerror})") from None
+
+
 def export(
     checkpoint: Path, onnx_path: Path | None = None, torchscript_path: Path | None = None
 ) -> dict[str, object]:
     """Write the ONNX (dynamic batch, opset 17) and/or TorchScript files; returns their paths
     and the crop size the model expects."""
+    for target in (onnx_path, torchscript_path):
+        if target is not None:
+            _check_writable(Path(target))
     network, _ = load_model(checkpoint)
     module = ExportedPoseNet(network).eval()
     size = network.crop_size

@@ -13,7 +13,10 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--preset", "tiny", "--no-progress"]) == 0
     doc = json.loads((out / "results.json").read_text())
     settings = [(r["variant"], r["labels"]) for r in doc["runs"]]
-    assert settings == [("baseline", "S1"), ("metric", "S1"), ("metric_adv", "S1"), ("baseline", "all")]
+    assert settings == [
+        ("baseline", "S1"), ("metric", "S1"), ("metric_adv", "S1"), ("metric_calibrated", "S1"),
+        ("baseline", "all"),
+    ]  # fmt: skip
     by_setting = {s: r["mpjpe"] for s, r in zip(settings, doc["runs"], strict=True)}
     assert doc["regime"]["ratio"] == pytest.approx(by_setting["baseline", "all"] / by_setting["baseline", "S1"])
     assert doc["machine"]["torch"] and doc["machine"]["threads_per_run"] >= 1

@@ -271,6 +271,9 @@ CONFIG_CASES = {
     "bad-labels": ("data:\n  labels: fraction:2\n", "labels"),
     "negative-weight": ("loss:\n  metric_weight: -1\n", "non-negative"),
     "flag-as-number": ("augment:\n  colour: 3\n", "true or false"),
+    "workers-beyond-cpus": ("data:\n  num_workers: 100000\n", "data.num_workers"),
+    "not-utf8": ("train:\n  lr: 0.1 # \udcff\n", "not a UTF-8 text file"),
+    "calibrated-temperature-zero": ("loss:\n  calibrated_temperature_mm: 0\n", "must be positive"),
 }
 
 
@@ -280,7 +283,7 @@ def test_corrupt_config_files(case, tmp_path):
 
     text, message = CONFIG_CASES[case]
     path = tmp_path / "my_config.yaml"
-    path.write_text(text)
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))  # "not-utf8": a raw 0xff byte
     with pytest.raises(InputError) as err:
         load_config(str(path))
     assert "my_config.yaml" in str(err.value) and message in str(err.value), str(err.value)

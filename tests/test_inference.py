@@ -128,6 +128,15 @@ def test_export_needs_a_target(model_file, capsys):
     assert "--onnx" in capsys.readouterr().err
 
 
+def test_export_to_an_unwritable_path_is_one_error_naming_it(model_file, tmp_path, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, not a folder")
+    target = blocked / "pose.onnx"
+    assert main(["export", "--checkpoint", str(model_file), "--onnx", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert str(target) in err and "Traceback" not in err
+
+
 # --- predict ------------------------------------------------------------------------------
 
 
