@@ -18,7 +18,9 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
         ("baseline", "all"),
     ]  # fmt: skip
     by_setting = {s: r["mpjpe"] for s, r in zip(settings, doc["runs"], strict=True)}
-    assert doc["regime"]["ratio"] == pytest.approx(by_setting["baseline", "all"] / by_setting["baseline", "S1"])
+    assert doc["regime"]["ratio"] == pytest.approx(
+        by_setting["baseline", "all"] / by_setting["baseline", "S1"]
+    )
     assert doc["machine"]["torch"] and doc["machine"]["threads_per_run"] >= 1
     for run in doc["runs"]:
         assert 0 < run["pa_mpjpe"] <= run["n_mpjpe"] + 1e-6 <= run["mpjpe"] + 2e-6
