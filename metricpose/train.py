@@ -311,17 +311,16 @@ class PoseModule(L.LightningModule):
             )  # fmt: skip
             total = total + cfg["metric_weight"] * terms["metric"]
             self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=B)
+        pose = out["pose_cam"].view(B, 2, *out["pose_cam"].shape[1:]) / 1000  # (B, views, 17, 3) m
+        R = batch["R"]
         if cfg["consistency_weight"] > 0:
-            pose = out["pose_cam"].view(B, 2, *out["pose_cam"].shape[1:]) / 1000
-            R = batch["R"]
             terms["consistency"] = multiview_consistency_loss(
                 pose[:, 0], pose[:, 1], R[:, 0], R[:, 1]
             )
             total = total + cfg["consistency_weight"] * terms["consistency"]
         if cfg["calibrated_weight"] > 0:
-            pose = out["pose_cam"].view(B, 2, *out["pose_cam"].shape[1:]) / 1000
             terms["calibrated"], stats = calibrated_metric_loss(
-                pose[:, 0], pose[:, 1], batch["R"][:, 0], batch["R"][:, 1],
+                pose[:, 0], pose[:, 1], R[:, 0], R[:, 1],
                 batch["sequence"], batch["frame"], batch["subject"],
                 temperature=cfg["calibrated_temperature_mm"] / 1000, time_window=cfg["time_window"],
             )  # fmt: skip
