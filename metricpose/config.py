@@ -167,6 +167,7 @@ def validate(config: dict[str, Any]) -> None:
         "loss.adversarial_weight",
         "loss.consistency_weight",
         "loss.calibrated_weight",
+        "loss.bone_weight",
         "loss.margin",
         "train.grad_clip",
         "data.num_workers",

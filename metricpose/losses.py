@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from metricpose.skeleton import BONES, FLIP_INDEX
+
 
 def pose_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> torch.Tensor:
     """3D pose loss over (B, 17, 3) mm poses.
@@ -249,6 +251,31 @@ def calibrated_metric_loss(
         "cal_d_neg": d_ap[valid].mean().detach() if valid.any() else d_pos.new_tensor(float("nan")),
     }
     return loss, stats
+
+
+def bone_length_loss(pose: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
+    """How far predicted poses are from one rigid, left/right-symmetric skeleton per person.
+
+    A person's bones do not change length over time or between cameras, and left and right
+    bones are alike: the mean absolute deviation of every predicted bone length from that
+    person's mean over the batch (all instants and views), plus the mean absolute difference
+    between left and right bones. Needs no label; it makes unlabelled predictions plausible
+    skeletons, which the calibrated loss alone does not (docs/design.md).
+
+    Args:
+        pose: (N, 17, 3) root-relative poses, metres (any frame: lengths do not depend on it).
+        subject: (N,) person ids.
+    """
+    parents = torch.tensor([p for p, _ in BONES], device=pose.device)
+    children = torch.tensor([c for _, c in BONES], device=pose.device)
+    lengths = torch.linalg.norm(pose[:, children] - pose[:, parents], dim=-1)  # (N, bones)
+    people, person = torch.unique(subject, return_inverse=True)
+    sums = lengths.new_zeros(len(people), lengths.shape[1]).index_add_(0, person, lengths)
+    counts = torch.bincount(person, minlength=len(people)).to(lengths)[:, None]
+    deviation = (lengths - (sums / counts)[person]).abs().mean()
+    mirror = [BONES.index((FLIP_INDEX[p], FLIP_INDEX[c])) for p, c in BONES]
+    asymmetry = (lengths - lengths[:, mirror]).abs().mean()
+    return deviation + asymmetry
 
 
 def multiview_consistency_loss(

@@ -31,6 +31,7 @@ from metricpose.errors import InputError
 from metricpose.losses import (
     IdentityAdversary,
     adversary_coefficient,
+    bone_length_loss,
     calibrated_metric_loss,
     ddp_share,
     multiview_consistency_loss,
@@ -326,6 +327,11 @@ class PoseModule(L.LightningModule):
             )  # fmt: skip
             total = total + cfg["calibrated_weight"] * terms["calibrated"]
             self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=B)
+        if cfg["bone_weight"] > 0:
+            terms["bones"] = bone_length_loss(
+                pose.flatten(0, 1), batch["subject"].repeat_interleave(2)
+            )
+            total = total + cfg["bone_weight"] * terms["bones"]
         if self.adversary is not None:
             coefficient = adversary_coefficient(self.global_step, cfg["adversarial_warmup_steps"])
             terms["adversarial"], accuracy = self.adversary(

@@ -6,6 +6,7 @@ import torch
 from metricpose.losses import (
     IdentityAdversary,
     adversary_coefficient,
+    bone_length_loss,
     calibrated_metric_loss,
     multiview_consistency_loss,
     multiview_metric_loss,
@@ -254,3 +255,34 @@ def test_calibrated_metric_loss_forbids_the_constant_pose():
     assert loss.item() == pytest.approx(
         math.log(3), rel=1e-5
     )  # the positive is one of three equals
+
+
+def test_bone_length_loss_hand_computed():
+    """Zero for one rigid symmetric skeleton seen in any pose; otherwise the mean deviation
+    from each person's mean bone lengths plus the mean left/right difference."""
+    from metricpose.skeleton import BONES, PARENTS
+
+    def skeleton(lengths):  # each bone along its own direction, so the lengths are exact
+        pose = torch.zeros(17, 3)
+        directions = torch.nn.functional.normalize(torch.randn(17, 3, generator=g), dim=-1)
+        for child, parent in enumerate(PARENTS):
+            if parent >= 0:
+                pose[child] = pose[parent] + lengths[child] * directions[child]
+        return pose
+
+    g = torch.Generator().manual_seed(0)
+    symmetric = torch.full((17,), 0.3)
+    poses = torch.stack([skeleton(symmetric) for _ in range(4)])
+    assert bone_length_loss(poses, torch.zeros(4, dtype=torch.long)).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    longer = symmetric.clone()
+    longer[3] = 0.5  # right ankle bone 0.2 m longer than the left one, in one of two poses
+    poses = torch.stack([skeleton(symmetric), skeleton(longer)])
+    deviation = 2 * 0.1 / (2 * len(BONES))  # each pose 0.1 m from the mean, on one bone
+    asymmetry = 2 * 0.2 / (2 * len(BONES))  # the pair differs in the second pose, both ways
+    loss = bone_length_loss(poses, torch.zeros(2, dtype=torch.long))
+    assert loss.item() == pytest.approx(deviation + asymmetry, rel=1e-5)
+    # The same two poses as two people: each is rigid on its own.
+    loss = bone_length_loss(poses, torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(asymmetry, rel=1e-5)
