@@ -8,6 +8,7 @@ trained on, exactly as the converters crop.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,26 @@ def as_image_list(images: Any) -> list[np.ndarray]:
     return list(arr)
 
 
+#: Below this side (px) an image cannot show a person (the model then sees upsampled blur).
+MIN_IMAGE_PX = 16
+#: A box may reach this share of its area beyond the image (a person at the border) before it
+#: is refused as a wrong box rather than a cut-off person.
+MAX_BOX_OUTSIDE = 0.5
+
+
+def _check_box_inside(box: np.ndarray, width: int, height: int, index: int) -> None:
+    """Refuse a person box mostly outside its image (wrong coordinates, wrong image)."""
+    x0, y0, x1, y1 = box
+    inside = max(0.0, min(x1, width) - max(x0, 0)) * max(0.0, min(y1, height) - max(y0, 0))
+    outside = 1.0 - inside / ((x1 - x0) * (y1 - y0))
+    if outside > MAX_BOX_OUTSIDE:
+        raise InputError(
+            f"box {index} {[round(float(v), 1) for v in box]} lies {100 * outside:.0f}% outside "
+            f"its {width}x{height} px image (at most {100 * MAX_BOX_OUTSIDE:.0f}% allowed): "
+            "wrong box coordinates or the wrong image?"
+        )
+
+
 class PoseModel:
     """A trained model ready for inference (eval mode, no gradients)."""
 
@@ -70,6 +91,15 @@ class PoseModel:
     def crops(self, images: Any, boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) uint8 crops and the (N, 4) boxes they were cut from."""
         frames = as_image_list(images)
+        if not frames:
+            raise InputError("no images given")
+        for i, frame in enumerate(frames):
+            if min(frame.shape[:2]) < MIN_IMAGE_PX:
+                warnings.warn(
+                    f"image {i} is {frame.shape[1]}x{frame.shape[0]} px; below {MIN_IMAGE_PX} px "
+                    "a person cannot be seen and the pose is a guess",
+                    stacklevel=2,
+                )
         if boxes is None:
             boxes = np.stack([whole_frame_box(f.shape[1], f.shape[0]) for f in frames])
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -77,6 +107,8 @@ class PoseModel:
             raise InputError(f"{len(boxes)} boxes for {len(frames)} images")
         if not np.all(np.isfinite(boxes)) or np.any(boxes[:, 2:] <= boxes[:, :2]):
             raise InputError("boxes must be finite (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
+        for i, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
+            _check_box_inside(box, frame.shape[1], frame.shape[0], i)
         crops = np.stack([crop(f, b, self.crop_size) for f, b in zip(frames, boxes, strict=True)])
         return crops, boxes
 

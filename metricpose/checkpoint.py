@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -46,11 +47,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary behind
+        if exc.errno == errno.ENOSPC:
+            raise OSError(
+                f"{path}: disk full while writing {len(data) / 2**20:.0f} MB; the previous "
+                "version of the file, if any, is intact"
+            ) from None
+        raise
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporaries that a killed writer left in ``folder`` (``.NAME.tmp-PID``); only
+    call while holding the folder (the training lock), as a live writer's would go too."""
+    stale = sorted(Path(folder).glob(".*.tmp-*")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

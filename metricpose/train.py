@@ -21,6 +21,7 @@ from metricpose.checkpoint import (
     atomic_write_bytes,
     build_model,
     check_output_folder,
+    remove_stale_temporaries,
     safe_load,
     save_model,
 )
@@ -431,9 +432,29 @@ def train(
 ) -> dict[str, Any]:
     """Train as the config says; write checkpoints, logs, config.yaml and model.pt under ``out``.
 
-    Returns a summary with the final step, the training time and the path of model.pt.
+    Returns a summary with the final step, the training time and the path of model.pt. A run
+    that fails before writing anything leaves no empty ``out`` folder behind.
     """
     out = Path(out)
+    created = not out.exists()
+    try:
+        return _train(config, out, resume, progress)
+    except BaseException:
+        if created:
+            _remove_if_unused(out)
+        raise
+
+
+def _remove_if_unused(out: Path) -> None:
+    """Delete a run folder that holds nothing but the lock file."""
+    (out / ".lock").unlink(missing_ok=True)
+    try:
+        out.rmdir()  # only succeeds when empty
+    except OSError:
+        pass
+
+
+def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> dict[str, Any]:
     if config["data"]["root"] is None:
         raise InputError("no dataset given: set data.root (metricpose train --data DIR)")
     check_output_folder(out)
@@ -454,6 +475,7 @@ def train(
         )
 
     ckpt_dir = out / "checkpoints"
+    remove_stale_temporaries(ckpt_dir)  # a killed run's half-written checkpoint (60+ MB)
     last = ckpt_dir / "last.ckpt"
     start_step = 0
     if resume and last.exists():
@@ -528,6 +550,8 @@ def train(
             monitor="val/mpjpe",
             mode="min",
             save_top_k=1,
+            # A resumed run overwrites best.ckpt when it does better (never best-v1.ckpt).
+            enable_version_counter=False,
             auto_insert_metric_name=False,
         ),
     ]

@@ -118,6 +118,15 @@ META_KEYS = {
 }
 CAMERA_KEYS = ("name", "K", "R", "t", "width", "height")
 
+
+def _huge_header(path: Path) -> None:
+    """An .npy whose header declares petabytes over a few bytes of data."""
+    with open(path, "wb") as f:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (10**9, 10**6, 3)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\0" * 64)
+
+
 SEQUENCE_CASES: dict[str, tuple[Callable[[Path], None], str]] = {}
 for key in META_KEYS:
     SEQUENCE_CASES[f"meta-missing-{key}"] = (json_edit("meta.json", del_key(key)), "meta.json")
@@ -219,6 +228,11 @@ SEQUENCE_CASES.update({
     "frames-count": (npy_edit("frames/cam0.npy", lambda a: a[:2]), "cam0.npy"),
     "frames-truncated": (raw_bytes("frames/cam1.npy", lambda b: b[: len(b) - 100]), "cam1.npy"),
     "frames-junk": (raw_bytes("frames/cam0.npy", lambda b: b"\x93NUMPY garbage"), "cam0.npy"),
+    "poses-light-years": (npy_edit("poses_3d.npy", lambda a: nan_at(a.astype(np.float64), 1e300)), "poses_3d.npy"),
+    "poses-one-joint-far": (npy_edit("poses_3d.npy", lambda a: nan_at(a, 5e4)), "poses_3d.npy"),
+    "poses-header-huge-shape": (lambda f: _huge_header(f / "poses_3d.npy"), "poses_3d.npy"),
+    "frames-header-huge-shape": (lambda f: _huge_header(f / "frames" / "cam0.npy"), "cam0.npy"),
+    "meta-nested-deeply": (raw_bytes("meta.json", lambda b: b"[" * 200_000 + b"]" * 200_000), "meta.json"),
     "frames-file-missing": (lambda f: (f / "frames" / "cam1.npy").unlink(), "cam1.npy"),
     "frames-folder-missing": (lambda f: shutil.rmtree(f / "frames"), "cam0.npy"),
     "meta-frames-not-bool": (json_edit("meta.json", set_key("frames", "yes")), "meta.json"),

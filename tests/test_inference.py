@@ -88,11 +88,23 @@ def test_predict_crops_the_given_box(model_file):
         (np.full((1, 10, 10, 3), 300.0), None, "0-255"),
         (np.zeros((2, 10, 10, 3), np.uint8), np.zeros((1, 4)), "1 boxes for 2 images"),
         (np.zeros((1, 10, 10, 3), np.uint8), np.array([[5.0, 5.0, 2.0, 9.0]]), "x1 > x0"),
+        (np.zeros((0, 64, 64, 3), np.uint8), None, "no images given"),
+        ([], None, "no images given"),
+        (np.zeros((1, 64, 64, 3), np.uint8), np.array([[10.0, 10.0, 5000.0, 5000.0]]), "outside"),
     ],
 )
 def test_api_bad_inputs(model_file, bad, boxes, message):
     with pytest.raises(InputError, match=message):
         metricpose.load(model_file, device="cpu").predict(bad, boxes)
+
+
+def test_a_tiny_image_is_predicted_with_a_warning_and_a_border_box_is_accepted(model_file):
+    model = metricpose.load(model_file, device="cpu")
+    with pytest.warns(UserWarning, match="1x1 px"):
+        model.predict(np.zeros((1, 1, 1, 3), np.uint8))
+    # A person cut off by the image border: a third of the box outside is fine.
+    result = model.predict(images(1, 60, 80), np.array([[40.0, 0.0, 100.0, 60.0]]))
+    assert np.isfinite(result.poses).all()
 
 
 # --- export -------------------------------------------------------------------------------

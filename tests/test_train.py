@@ -192,6 +192,14 @@ def test_every_step_count_has_a_schedule():
         assert 0 < optimizer.param_groups[0]["lr"] <= 1e-3
 
 
+def test_a_failed_training_leaves_no_empty_output_folder(tmp_path):
+    out = tmp_path / "run"
+    config = load_config("baseline", [f"data.root={tmp_path / 'no-such-dataset'}"])
+    with pytest.raises(InputError, match="no-such-dataset"):
+        train(config, out, progress=False)
+    assert not out.exists()
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="did you mean 'loss.margin'"):
         load_config("metric", ["loss.margn=0.3"])
@@ -260,6 +268,8 @@ def test_repeated_kills_at_random_points_end_like_an_uninterrupted_run(tiny_stud
     assert 0 < steps_at_kill[-1] < 60, f"the runs were not interrupted mid-way: {steps_at_kill}"
     (last.parent / ".last.ckpt.tmp-99999").write_bytes(b"half a checkpoint")
     subprocess.run([*command, "--out", str(killed), "--resume"], check=True, capture_output=True)
+    assert not list(last.parent.glob(".*.tmp-*"))  # the killed writers' temporaries are gone
+    assert sorted(p.name for p in last.parent.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
 
     a, _ = load_model(tmp_path / "straight" / "model.pt")
     b, _ = load_model(killed / "model.pt")

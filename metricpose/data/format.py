@@ -37,6 +37,8 @@ FORMAT_VERSION = 1
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: A median bone shorter than this (in the file's unit) means the poses are not in millimetres.
 _MIN_MEDIAN_BONE_MM = 20.0
+_MAX_COORDINATE_MM = 1e8  # 100 km
+_MAX_BONE_MM = 2000.0  # no human bone is 2 m long
 
 
 class DatasetError(InputError):
@@ -129,19 +131,47 @@ def load_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to be a metricpose file") from None
 
 
 def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     """A numeric .npy array (never unpickled); one DatasetError naming the file otherwise."""
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
+    _check_npy_size(path)
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
+    except MemoryError:
+        raise DatasetError(f"{path}: the array does not fit in memory") from None
     if arr.dtype.kind not in "biuf":
         raise DatasetError(f"{path}: expected numbers, got an array of {arr.dtype}")
     return arr
+
+
+def _check_npy_size(path: Path) -> None:
+    """The shape an .npy header declares must fit in the file: a header claiming terabytes
+    would otherwise make numpy try to allocate them before finding the file short."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(f)
+            data_bytes = path.stat().st_size - f.tell()
+    except (ValueError, OSError, EOFError, TypeError):
+        return  # np.load reports what is wrong with the header itself
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > data_bytes:
+        raise DatasetError(
+            f"{path}: header declares shape {tuple(shape)} ({declared} bytes) but the file holds "
+            f"{data_bytes} bytes of data (truncated or corrupt)"
+        )
 
 
 class Sequence:
@@ -265,10 +295,23 @@ def _check_poses(poses: np.ndarray, T: int, missing: list[str], path: Path) -> n
     if not np.all(np.isfinite(poses[:, present])):
         bad = np.argwhere(~np.isfinite(poses) & present[None, :, None])[0]
         raise DatasetError(f"{path}: NaN or Inf (first at frame {bad[0]}, joint {bad[1]})")
+    # float32 storage overflows beyond 3e38 and no studio is 100 km wide.
+    if np.nanmax(np.abs(poses)) > _MAX_COORDINATE_MM:
+        bad = np.argwhere(np.abs(poses) > _MAX_COORDINATE_MM)[0]
+        raise DatasetError(
+            f"{path}: coordinate {poses[tuple(bad)]:.3g} mm at frame {bad[0]}, joint {bad[1]} is "
+            f"implausible (more than {_MAX_COORDINATE_MM:.0e} mm from the world origin)"
+        )
     bones = np.linalg.norm(
         poses[:, [c for _, c in BONES]] - poses[:, [p for p, _ in BONES]], axis=-1
     )
     median_bone = np.nanmedian(bones)
+    if np.nanmax(bones) > _MAX_BONE_MM:
+        bad = np.unravel_index(np.nanargmax(bones), bones.shape)
+        raise DatasetError(
+            f"{path}: a bone {bones[bad]:.3g} mm long at frame {bad[0]} is implausible for a "
+            f"person (more than {_MAX_BONE_MM:.0f} mm)"
+        )
     if median_bone < _MIN_MEDIAN_BONE_MM:
         raise DatasetError(
             f"{path}: median bone length is {median_bone:.3g}, implausibly short for "
