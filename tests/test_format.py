@@ -11,6 +11,7 @@ from metricpose.data.format import (
     check_dataset,
     list_sequences,
     open_dataset,
+    write_sequence,
 )
 
 
@@ -154,3 +155,38 @@ def test_half_written_sequences_are_not_taken_as_complete(dataset):
 def test_missing_dataset_folder(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         open_dataset(tmp_path / "nope")
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_partial_sequence(dataset, tmp_path, monkeypatch):
+    import errno
+
+    seq = Sequence(first_sequence(dataset))
+    frames = {c.name: seq.frames(c.name)[:] for c in seq.cameras}
+    real_save = np.save
+
+    def save_until_frames(path, array):
+        if "frames" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(path, array)
+
+    monkeypatch.setattr(np, "save", save_until_frames)
+    out = tmp_path / "copy"
+    out.mkdir()
+    with pytest.raises(OSError, match=r"copy/S1_copy/frames/.*\.npy: cannot write \(disk full\)"):
+        write_sequence(out, "S1_copy", seq.meta, seq.cameras, seq.boxes, frames, seq.poses_3d)
+    assert list(out.iterdir()) == []
+
+
+def test_links_out_of_the_dataset_are_refused(dataset, tmp_path):
+    """Decided: a sequence folder or file that links outside the dataset is an error (README)."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(first_sequence(dataset)), elsewhere)
+    (dataset / "S1_linked").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(DatasetError, match="outside the dataset"):
+        Sequence(dataset / "S1_linked")
+    seq = list_sequences(dataset)[1]
+    frames = seq / "frames" / "cam1.npy"
+    shutil.move(str(frames), tmp_path / "cam1.npy")
+    frames.symlink_to(tmp_path / "cam1.npy")
+    with pytest.raises(DatasetError, match="cam1.npy: a link"):
+        Sequence(seq)

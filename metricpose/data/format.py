@@ -17,6 +17,7 @@ temporary name and rename it into place, so an interrupted write never looks com
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -93,16 +94,26 @@ def write_sequence(
     tmp = root / f".{name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    (tmp / "frames").mkdir(parents=True)
-    (tmp / "cameras.json").write_text(json.dumps([c.to_dict() for c in cameras], indent=1))
-    np.save(tmp / "boxes.npy", np.asarray(boxes, dtype=np.float32))
-    if poses_3d is not None:
-        np.save(tmp / "poses_3d.npy", np.asarray(poses_3d, dtype=np.float32))
-    for cam_name, crops in (frames or {}).items():
-        np.save(tmp / "frames" / f"{cam_name}.npy", np.ascontiguousarray(crops, dtype=np.uint8))
-    # Declared, so that a frames file lost later is an error rather than a sequence left out.
-    declared = {**meta.to_dict(), "frames": bool(frames)}
-    (tmp / "meta.json").write_text(json.dumps(declared, indent=1))
+    writing = tmp / "cameras.json"
+    try:
+        (tmp / "frames").mkdir(parents=True)
+        writing.write_text(json.dumps([c.to_dict() for c in cameras], indent=1))
+        writing = tmp / "boxes.npy"
+        np.save(writing, np.asarray(boxes, dtype=np.float32))
+        if poses_3d is not None:
+            writing = tmp / "poses_3d.npy"
+            np.save(writing, np.asarray(poses_3d, dtype=np.float32))
+        for cam_name, crops in (frames or {}).items():
+            writing = tmp / "frames" / f"{cam_name}.npy"
+            np.save(writing, np.ascontiguousarray(crops, dtype=np.uint8))
+        # Declared, so that a frames file lost later is an error rather than a sequence left out.
+        declared = {**meta.to_dict(), "frames": bool(frames)}
+        writing = tmp / "meta.json"
+        writing.write_text(json.dumps(declared, indent=1))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written sequence left behind
+        what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise OSError(f"{final / writing.relative_to(tmp)}: cannot write ({what})") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -174,11 +185,24 @@ def _check_npy_size(path: Path) -> None:
         )
 
 
+def _refuse_links_out(folder: Path) -> None:
+    """A sequence folder, or a file in it, that is a symbolic link leading out of the dataset
+    is refused: a dataset is one folder tree that can be checked, copied and trusted as a whole."""
+    root = folder.parent.resolve()
+    if folder.resolve().parent != root:
+        raise DatasetError(f"{folder}: a link to {folder.resolve()}, outside the dataset {root}")
+    inside = folder.resolve()
+    for path in [*folder.glob("*"), *folder.glob("frames/*")]:
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise DatasetError(f"{path}: a link to {path.resolve()}, outside its sequence folder")
+
+
 class Sequence:
     """One sequence of a dataset, validated on open; frames are memory-mapped lazily."""
 
     def __init__(self, folder: Path, check_frames: bool = True) -> None:
         self.folder = Path(folder)
+        _refuse_links_out(self.folder)
         meta_path = self.folder / "meta.json"
         raw = load_json(meta_path)
         self.meta = _parse_meta(raw, meta_path)
