@@ -20,6 +20,7 @@ from metricpose.checkpoint import (
     AtomicCheckpointIO,
     atomic_write_bytes,
     build_model,
+    check_free_space,
     check_output_folder,
     remove_stale_temporaries,
     safe_load,
@@ -72,6 +73,13 @@ def labelled_instants(
 #: Bytes a training step holds per input float (saved activations and their gradients of the
 #: ResNet and heads, measured roughly at 64 px: a 64-image step peaks ~0.3 GB above idle).
 _STEP_BYTES_PER_INPUT_FLOAT = 400
+
+
+def training_disk_mb(module: torch.nn.Module) -> float:
+    """MB a run writes at most at once: last.ckpt, best.ckpt and one temporary (weights and
+    AdamW's two moments each), model.pt, and logs."""
+    weights_mb = sum(p.numel() * p.element_size() for p in module.state_dict().values()) / 2**20
+    return (3 * 3 + 1) * weights_mb + 20
 
 
 def check_batch_memory(batch_size: int, crop_size: int) -> None:
@@ -487,6 +495,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
         )
 
     module = PoseModule(config, num_subjects=len(dataset.subjects), supervised=supervised)
+    check_free_space(out, training_disk_mb(module), "training")
     if config["train"]["compile"]:
         # Compiles on the first step (minutes); the state_dict keeps the plain module's names.
         module.model.compile()
