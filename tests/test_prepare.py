@@ -285,6 +285,7 @@ def test_h36m_bad_inputs_name_the_file(h36m_fixture, tmp_path, capsys):
         == 2
     )
     assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a failed conversion leaves no empty folder
 
 
 # --- MPI-INF-3DHP -------------------------------------------------------------------------

@@ -57,12 +57,20 @@ def source_sequences(args: argparse.Namespace) -> Iterator[SourceSequence]:
 
 
 def prepare(args: argparse.Namespace) -> dict[str, int]:
-    """Convert, skipping sequences already complete in --out; returns written/skipped counts."""
-    return convert(
-        source_sequences(args),
-        Path(args.out),
-        crop_size=args.crop_size,
-        with_frames=not args.no_frames,
-        source=args.source,
-        progress=not args.no_progress,
-    )
+    """Convert, skipping sequences already complete in --out; returns written/skipped counts.
+    A conversion that fails before writing anything leaves no empty --out folder behind."""
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        return convert(
+            source_sequences(args),
+            out,
+            crop_size=args.crop_size,
+            with_frames=not args.no_frames,
+            source=args.source,
+            progress=not args.no_progress,
+        )
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
