@@ -5,6 +5,7 @@ import json
 import pytest
 
 from metricpose.cli import main
+from metricpose.demo import _add_gap_closed, regime
 
 
 @pytest.mark.slow
@@ -45,3 +46,24 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert [r["mpjpe"] for r in again["runs"]] == [r["mpjpe"] for r in doc["runs"]]
     assert "trained before, reusing" in capsys.readouterr().out
+
+
+def test_gap_closed_and_regime_hand_computed():
+    runs = [
+        {"variant": "baseline", "labels": "S1", "seed": 0, "mpjpe": 200.0},
+        {"variant": "metric", "labels": "S1", "seed": 0, "mpjpe": 180.0},
+        {"variant": "baseline", "labels": "all", "seed": 0, "mpjpe": 100.0},
+        {"variant": "baseline", "labels": "S1", "seed": 1, "mpjpe": 210.0},
+        {"variant": "metric", "labels": "S1", "seed": 1, "mpjpe": 215.0},
+        {"variant": "baseline", "labels": "all", "seed": 1, "mpjpe": 110.0},
+    ]
+    _add_gap_closed(runs)
+    # Per seed: (baseline - variant) / (baseline - ceiling).
+    assert [r["gap_closed"] for r in runs] == [0.0, 0.2, None, 0.0, -0.05, None]
+    reg = regime(runs, "S1")
+    assert reg["baseline_mpjpe"] == 205.0 and reg["ceiling_mpjpe"] == 105.0
+    assert reg["ratio"] == pytest.approx(105 / 205) and reg["label_limited"]
+    # No gap (the ceiling no better than the baseline): nothing to close.
+    flat = [dict(r, mpjpe=200.0) for r in runs[:3]]
+    _add_gap_closed(flat)
+    assert all(r["gap_closed"] is None for r in flat)
