@@ -111,6 +111,8 @@ def _train_all(jobs: list[tuple[str, dict, Path]], workers: int, threads: int, p
             seconds = _train_job(config, run_dir, threads, progress)
             print(f"[demo] {name}: trained in {seconds / 60:.1f} min", flush=True)
         return
+    # Longest first (steps x batch), so that the lanes end together.
+    todo.sort(key=lambda job: -job[1]["train"]["steps"] * job[1]["batch"]["size"])
     print(
         f"[demo] training {len(todo)} runs, {workers} at a time, {threads} thread(s) each",
         flush=True,
