@@ -315,7 +315,9 @@ def test_two_ddp_processes_train_like_one_with_the_global_batch(tiny_studio, tmp
     Lightning's sync_batchnorm normalises over the global batch instead)."""
     common = [f"data.root={tiny_studio}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]",
               "train.val_frames=8", "model.regressor_width=64", "model.width=0.25", "model.dropout=0.0",
-              "model.norm_eval=true", "train.steps=4", "train.val_every=4", "train.accelerator=cpu"]  # fmt: skip
+              "model.norm_eval=true", "train.steps=4", "train.val_every=4", "train.accelerator=cpu",
+              # a labelled share that splits evenly: 4 per process, 8 of 16 in one process
+              "batch.labelled_fraction=0.5"]  # fmt: skip
     cli = ["-m", "metricpose.cli", "train", "--config", "metric_adv", "--no-progress"]
     ddp = [*common, "batch.size=8", "train.devices=2"]
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29543",
