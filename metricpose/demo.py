@@ -58,7 +58,7 @@ PRESETS: dict[str, DemoPreset] = {
         ["train.steps=30", "train.val_every=15", "batch.size=8", "train.val_frames=16", "model.regressor_width=128"],
         query_stride=2,
     ),
-    # The README's main job: about 20 minutes on 2 CPU cores.
+    # The README's main job: 21-24 minutes on 2 CPU cores (target 20).
     # The paper's variants; the calibrated extension (measured to lose, docs/design.md) is
     # left to `seeds`, which also tells the adversary's effect from seed noise.
     "default": DemoPreset("default", ["S1"], [0], _CPU_DEMO, ("baseline", "metric", "metric_adv"), eval_stride=2, query_stride=4, probe_stride=8),
