@@ -59,7 +59,7 @@ PRESETS: dict[str, DemoPreset] = {
         query_stride=2,
     ),
     # The README's main job: 21-24 minutes on 2 CPU cores (target 20).
-    # The paper's variants; the calibrated extension (measured to lose, docs/design.md) is
+    # The paper's variants; the calibrated extension (a small gain, not beyond noise; docs/design.md) is
     # left to `seeds`, which also tells the adversary's effect from seed noise.
     "default": DemoPreset("default", ["S1"], [0], _CPU_DEMO, ("baseline", "metric", "metric_adv"), eval_stride=2, query_stride=4, probe_stride=8),
     # The default experiment over three seeds: is a difference beyond seed noise?
