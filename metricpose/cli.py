@@ -207,18 +207,23 @@ def _add_inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from metricpose.config import load_config
-    from metricpose.train import train
+    from metricpose.train import TrainingInterrupted, train
 
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.root={args.data}")
     config = load_config(args.config, overrides)
-    summary = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    try:
+        summary = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        print(f"metricpose train: {stop}", file=sys.stderr)
+        return 128 + stop.signal_number  # the shell's convention for "ended by a signal"
     print(
         f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; model: {summary['model']}"
     )
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> None:

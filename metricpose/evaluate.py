@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from metricpose.data.dataset import FrameKey, MultiViewDataset
+from metricpose.errors import InputError
 from metricpose.metrics import all_metrics
 
 
@@ -36,6 +37,10 @@ class Predictions:
     images: np.ndarray | None = None  # (M, S, S, 3) uint8, kept for galleries
 
 
+class NonFinitePredictionError(InputError):
+    """The model's output is NaN or Inf for an input; the message names the frames file."""
+
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module,
@@ -59,6 +64,14 @@ def predict(
         samples = [dataset[FrameKey(i, (v,))] for i, v in chunk]
         images = torch.stack([s["images"][0] for s in samples])
         result = model(images.to(device))
+        finite = torch.isfinite(result["pose_cam"]).flatten(1).all(1).cpu()
+        if not finite.all():
+            i, v = chunk[int((~finite).nonzero()[0])]
+            seq = dataset.sequences[dataset.seq_index[i]]
+            raise NonFinitePredictionError(
+                f"the model predicts NaN or Inf for {seq.folder / 'frames' / seq.cameras[v].name}"
+                f".npy frame {int(dataset.frame_index[i])}: its weights overflow on this input"
+            )
         out["pose_pred"].append(result["pose_cam"].cpu().numpy())
         out["embedding"].append(result["embedding"].cpu().numpy())
         out["pose_gt"].append(np.stack([s["pose_cam"][0].numpy() for s in samples]))
@@ -126,4 +139,7 @@ def evaluate_checkpoint(
     model, config = load_model(checkpoint)
     subjects = subjects or config["data"]["test_subjects"]
     dataset = MultiViewDataset(data, subjects=subjects, num_views=1)
-    return score(predict(model, dataset, frame_stride=frame_stride))
+    try:
+        return score(predict(model, dataset, frame_stride=frame_stride))
+    except NonFinitePredictionError as exc:
+        raise NonFinitePredictionError(f"{checkpoint}: {exc}") from None

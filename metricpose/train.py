@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
@@ -46,6 +48,50 @@ from metricpose.skeleton import FLIP_INDEX
 
 class NonFiniteLossError(InputError):
     """A loss term became NaN or Inf; the message names the step, the term and the batch."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training after a step; last.ckpt holds that step."""
+
+    def __init__(self, signal_number: int, step: int, checkpoint: Path) -> None:
+        self.signal_number = signal_number
+        super().__init__(
+            f"stopped by {signal.Signals(signal_number).name} after step {step}; {checkpoint} "
+            "holds it: the same command with --resume continues"
+        )
+
+
+class StopOnSignal(Callback):
+    """Ends training cleanly on SIGTERM/SIGINT: the step under way finishes, last.ckpt is written
+    at it (atomically) and TrainingInterrupted is raised. A second signal stops at once."""
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signal_number: int, frame: Any) -> None:
+        if self.received is not None:  # asked twice: do not wait for the step
+            self.restore()
+            raise KeyboardInterrupt
+        self.received = signal_number
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python only delivers signals to the main thread
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.received is None:
+            return
+        trainer.save_checkpoint(self.last_checkpoint)
+        raise TrainingInterrupted(self.received, trainer.global_step, self.last_checkpoint)
 
 
 def labelled_instants(
@@ -128,9 +174,15 @@ def check_resumed_config(saved_file: Path, config: dict[str, Any]) -> None:
     )
     if changed:
         details = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+        why = (
+            " (train.steps cannot grow: the one-cycle learning rate was laid out for the first "
+            "count and has annealed by its end; a longer run is a new run)"
+            if "train.steps" in changed
+            else ""
+        )
         raise InputError(
-            f"{saved_file}: --resume with a different configuration ({details}); resume with the "
-            "options the run was started with, or train into a new --out"
+            f"{saved_file}: --resume with a different configuration ({details}){why}; resume with "
+            "the options the run was started with, or train into a new --out"
         )
 
 
@@ -545,6 +597,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
 
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     every = config["train"]["val_every"]
+    stop_on_signal = StopOnSignal(last)
     callbacks = [
         ModelCheckpoint(  # last.ckpt only, every `every` steps: what --resume continues from
             dirpath=ckpt_dir,
@@ -563,6 +616,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
             enable_version_counter=False,
             auto_insert_metric_name=False,
         ),
+        stop_on_signal,
     ]
     trainer = L.Trainer(
         max_steps=config["train"]["steps"],
@@ -588,7 +642,11 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
         **options,
     )
     began = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if start_step else None)
+    stop_on_signal.install()
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if start_step else None)
+    finally:
+        stop_on_signal.restore()
     seconds = time.perf_counter() - began
     summary = {
         "steps": trainer.global_step,

@@ -372,6 +372,26 @@ def test_corrupt_checkpoints(case, model_bytes, tmp_path):
         assert "not a PyTorch model" in str(err.value)
 
 
+def test_weights_that_overflow_on_an_input_name_the_model_and_the_frames_file(
+    model_bytes, tiny_studio, tmp_path
+):
+    """Finite weights pass the load check; predictions that overflow to Inf are still refused,
+    naming the model file and the frame, never scored as numbers."""
+    from metricpose.evaluate import evaluate_checkpoint
+
+    state = _reload(model_bytes)
+    state["state_dict"]["regressor.out.weight"] = torch.full_like(
+        state["state_dict"]["regressor.out.weight"], 3e38
+    )
+    path = tmp_path / "overflowing.pt"
+    path.write_bytes(_torch_bytes(state))
+    with pytest.raises(
+        InputError,
+        match=r"overflowing\.pt: the model predicts NaN or Inf for .*S9_\w+/frames/\w+\.npy frame \d+",
+    ):
+        evaluate_checkpoint(path, tiny_studio, ["S9"], frame_stride=8)
+
+
 # --- official dataset files and users' calibration -------------------------------------------
 
 

@@ -179,6 +179,8 @@ def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
         check_resumed_config(
             saved, load_config("metric", ["data.root=/d", "loss.metric_weight=0.5"])
         )
+    with pytest.raises(InputError, match=r"train.steps: 1500 -> 3000\) \(train.steps cannot grow"):
+        check_resumed_config(saved, load_config("metric", ["data.root=/d", "train.steps=3000"]))
 
 
 def test_every_step_count_has_a_schedule():
@@ -278,6 +280,35 @@ def test_repeated_kills_at_random_points_end_like_an_uninterrupted_run(tiny_stud
     test = MultiViewDataset(tiny_studio, subjects=["S9"], num_views=1)
     errors = [score(predict(m, test, frame_stride=4))["overall"]["mpjpe"] for m in (a, b)]
     assert abs(errors[0] - errors[1]) < 0.01
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_training_after_the_step_with_a_checkpoint(
+    tiny_studio, tmp_path, signal_number
+):
+    """SIGTERM/SIGINT (a scheduler's stop, Ctrl+C) between checkpoints: the step under way ends,
+    last.ckpt is written at it, the exit is the shell's 128 + signal with one line, and --resume
+    finishes the run where it stopped."""
+    args = [f"data.root={tiny_studio}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]", *TINY,
+            "train.steps=200", "train.val_every=200"]  # fmt: skip
+    command = [sys.executable, "-m", "metricpose.cli", "train", "--config", "baseline", "--no-progress",
+               "--out", str(tmp_path / "run"), *[a for s in args for a in ("--set", s)]]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "logs" / "metrics.csv"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the CSV logger writes its first rows after a few steps
+    proc.send_signal(signal_number)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal_number, stderr
+    assert "Traceback" not in stderr
+    step = _last_step(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert 0 < step < 200
+    assert f"stopped by {signal.Signals(signal_number).name} after step {step}" in stderr
+    assert not (tmp_path / "run" / "model.pt").exists()  # an interrupted run is not a model
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "trained 200 steps" in done.stdout
 
 
 def test_resume_from_a_corrupt_checkpoint_names_it(tiny_studio, tmp_path):
