@@ -6,7 +6,8 @@
 * PA-MPJPE: MPJPE after similarity Procrustes alignment — rotation, uniform scale and
   translation, reflections excluded (Protocol #2), as VideoPose3D's ``p_mpjpe`` and mmpose's
   ``keypoint_mpjpe(alignment="procrustes")``.
-* PCK@150 mm and AUC over thresholds 0-150 mm (MPI-INF-3DHP convention), after root alignment.
+* PCK@150 mm and AUC over thresholds 0:5:150 mm after root alignment, by default as
+  MPI-INF-3DHP's official protocol: 14 joints (``skeleton.PCK_JOINTS_3DHP``), error < threshold.
 
 All take arrays (N, J, 3) in mm and return a float (the mean over samples and joints);
 the ``*_per_sample`` functions return (N,).
@@ -14,11 +15,13 @@ the ``*_per_sample`` functions return (N,).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from metricpose.errors import InputError
-from metricpose.skeleton import ROOT
+from metricpose.skeleton import PCK_JOINTS_3DHP, ROOT
 
 
 def _check(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,17 +83,39 @@ def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(pa_mpjpe_per_sample(pred, gt).mean())
 
 
-def pck(pred: np.ndarray, gt: np.ndarray, threshold_mm: float = 150.0) -> float:
-    """Share of joints within ``threshold_mm`` after root alignment (0-1)."""
-    pred, gt = _root_align(*_check(pred, gt))
-    return float((np.linalg.norm(pred - gt, axis=-1) <= threshold_mm).mean())
-
-
-def auc(pred: np.ndarray, gt: np.ndarray, max_mm: float = 150.0, steps: int = 31) -> float:
-    """Mean PCK over ``steps`` thresholds evenly spaced in [0, max_mm] (0-1; 3DHP uses 31)."""
+def _joint_errors(pred: np.ndarray, gt: np.ndarray, joints: Sequence[int] | None) -> np.ndarray:
+    """Root-aligned per-joint errors (N, J') in mm, over ``joints`` (None: all)."""
     pred, gt = _root_align(*_check(pred, gt))
     err = np.linalg.norm(pred - gt, axis=-1)
-    return float(np.mean([(err <= t).mean() for t in np.linspace(0, max_mm, steps)]))
+    return err if joints is None else err[:, list(joints)]
+
+
+def pck(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    threshold_mm: float = 150.0,
+    joints: Sequence[int] | None = PCK_JOINTS_3DHP,
+) -> float:
+    """Share (0-1) of joints closer than ``threshold_mm`` (strictly) after root alignment.
+
+    The default is MPI-INF-3DHP's official protocol (mpii_compute_3d_pck.m): the 14 joints
+    of ``skeleton.PCK_JOINTS_3DHP`` and ``error < threshold``; ``joints=None`` scores all 17
+    (the always-zero root included, which inflates the score: label such numbers as 17-joint).
+    """
+    return float((_joint_errors(pred, gt, joints) < threshold_mm).mean())
+
+
+def auc(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    max_mm: float = 150.0,
+    steps: int = 31,
+    joints: Sequence[int] | None = PCK_JOINTS_3DHP,
+) -> float:
+    """Mean PCK (0-1) over ``steps`` thresholds evenly spaced in [0, max_mm]: 0:5:150 mm by
+    default, as MPI-INF-3DHP's protocol; joints and the strict ``<`` as in ``pck``."""
+    err = _joint_errors(pred, gt, joints)
+    return float(np.mean([(err < t).mean() for t in np.linspace(0, max_mm, steps)]))
 
 
 def all_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:

@@ -44,6 +44,11 @@ FLIP_INDEX: tuple[int, ...] = tuple(
     for j in range(NUM_JOINTS)
 )
 
+#: The 14 joints MPI-INF-3DHP's official PCK/AUC score (head top, neck, shoulders, elbows,
+#: wrists, hips, knees, ankles), in our order: head, thorax, right shoulder/elbow/wrist, left
+#: shoulder/elbow/wrist, right hip/knee/ankle, left hip/knee/ankle.
+PCK_JOINTS_3DHP: tuple[int, ...] = (10, 8, 14, 15, 16, 11, 12, 13, 1, 2, 3, 4, 5, 6)
+
 #: Marks a joint the source skeleton does not have.
 MISSING = -1
 

@@ -45,13 +45,55 @@ def test_hand_computed_mpjpe_pck_auc():
     pred = np.zeros((1, 17, 3))
     pred[0, 1:, 0] = 30.0  # every joint but the root 30 mm off
     assert metrics.mpjpe(pred, gt) == pytest.approx(30.0 * 16 / 17)
-    assert metrics.pck(pred, gt, 150) == 1.0
-    assert metrics.pck(pred, gt, 20) == pytest.approx(1 / 17)
-    # Errors: one joint at 0 mm, 16 at 30 mm. Thresholds 0, 5, ..., 150 (31): PCK = 1/17 for
-    # the 6 thresholds below 30, then 1.
-    assert metrics.auc(pred, gt) == pytest.approx((6 / 17 + 25) / 31)
+    # 17 joints: the root (0 mm) counts as correct at every threshold above 0 (strict <).
+    assert metrics.pck(pred, gt, 150, joints=None) == 1.0
+    assert metrics.pck(pred, gt, 20, joints=None) == pytest.approx(1 / 17)
+    assert metrics.pck(pred, gt, 30, joints=None) == pytest.approx(1 / 17)  # 30 is not < 30
+    # Thresholds 0, 5, ..., 150 (31): 0 at t = 0, 1/17 at t = 5..30 (6), 1 at t = 35..150 (24).
+    assert metrics.auc(pred, gt, joints=None) == pytest.approx((6 / 17 + 24) / 31)
+    # The official 14 joints leave the root out: nothing is correct up to 30 mm.
+    assert metrics.pck(pred, gt, 30) == 0.0
+    assert metrics.pck(pred, gt, 30.5) == 1.0
+    assert metrics.auc(pred, gt) == pytest.approx(24 / 31)
     # A constant offset of the whole pose vanishes after root alignment.
     assert metrics.mpjpe(gt + 100.0, gt) == 0.0
+
+
+def _official_3dhp_pck_auc(pred_3dhp: np.ndarray, gt_3dhp: np.ndarray) -> tuple[float, float]:
+    """A transcription of mpii_compute_3d_pck.m for the "All" joint group, loops as written
+    there: joints in 3DHP's test order (0 head top ... 13 left ankle, 14 pelvis), per-joint
+    errors after root alignment, PCK per threshold 0:5:150 = mean over the 14 joints of the
+    share of frames with error < threshold; AUC = mean of that curve."""
+    thresholds = range(0, 151, 5)
+    nf = len(gt_3dhp)
+    error = np.zeros((14, nf))
+    for f in range(nf):
+        p = pred_3dhp[f] - pred_3dhp[f, 14]
+        g = gt_3dhp[f] - gt_3dhp[f, 14]
+        for j in range(14):
+            error[j, f] = np.sqrt(np.sum((p[j] - g[j]) ** 2))
+    curve = []
+    for t in thresholds:
+        curve.append(np.mean([np.mean(error[j] < t) for j in range(14)]))
+    return curve[thresholds.index(150)], float(np.mean(curve))
+
+
+def test_3dhp_pck_auc_match_the_official_script_on_the_fixture(fixtures_dir):
+    from metricpose.skeleton import FROM_MPI_INF_3DHP_17, PCK_JOINTS_3DHP, remap_joints
+
+    gt_3dhp = np.load(fixtures_dir / "mpi_inf_3dhp" / "test_3dhp_test.npz")["S"][..., :3] * 1000.0
+    rng = np.random.default_rng(0)
+    gt_3dhp = np.repeat(gt_3dhp, 50, axis=0)  # 2 test poses, 100 simulated predictions
+    pred_3dhp = gt_3dhp + rng.normal(0, 60, gt_3dhp.shape)
+    pred_3dhp[::7, 3] += 200.0  # some grossly wrong elbows
+    pck_official, auc_official = _official_3dhp_pck_auc(pred_3dhp, gt_3dhp)
+    pred, gt = (remap_joints(x, FROM_MPI_INF_3DHP_17)[0] for x in (pred_3dhp, gt_3dhp))
+    assert metrics.pck(pred, gt, 150, joints=PCK_JOINTS_3DHP) == pytest.approx(
+        pck_official, abs=1e-12
+    )
+    assert metrics.auc(pred, gt, joints=PCK_JOINTS_3DHP) == pytest.approx(auc_official, abs=1e-12)
+    assert metrics.auc(pred, gt) == metrics.auc(pred, gt, joints=PCK_JOINTS_3DHP)  # the default
+    assert metrics.auc(pred, gt, joints=None) > auc_official + 0.02  # 17 joints inflate it
 
 
 def test_hand_computed_n_mpjpe_and_pa_mpjpe():

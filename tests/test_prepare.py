@@ -192,17 +192,21 @@ def test_h36m_mmpose_fixture_converts_and_reprojects_onto_the_2d_annotations(
 
 
 def build_h36m_official(root: Path, h36m_fixture, T: int = 12) -> dict[str, np.ndarray]:
-    """S1 'Directions 1' (videos 2 frames longer than the poses) and S11 'Directions'
-    (camera 54138969's damaged video absent), in the official file layout."""
+    """S1 'Directions 1' (videos 2 frames longer than the poses), S11 'Directions' (camera
+    54138969's damaged video absent) and S11 'Directions 1' (complete), in the official layout."""
     from cdflib.cdfwrite import CDF
 
     poses = {}
-    for subject, take, extra in (("S1", "Directions 1", 2), ("S11", "Directions", 0)):
+    for subject, take, extra in (
+        ("S1", "Directions 1", 2),
+        ("S11", "Directions", 0),
+        ("S11", "Directions 1", 0),
+    ):
         ours = walking_poses(h36m_fixture, subject, T)
         full = np.repeat(ours[:, :1], 32, axis=1)  # the 15 unused joints sit on the pelvis
         full[:, list(h36m.FROM_H36M_32)] = ours
         pose_dir = root / subject / "MyPoseFeatures" / "D3_Positions"
-        pose_dir.mkdir(parents=True)
+        pose_dir.mkdir(parents=True, exist_ok=True)
         cdf = CDF(str(pose_dir / f"{take}.cdf"), cdf_spec={"Majority": "Row_major"})
         cdf.write_var(
             {"Variable": "Pose", "Data_Type": CDF.CDF_DOUBLE, "Num_Elements": 1, "Rec_Vary": True,
@@ -238,6 +242,11 @@ def test_h36m_official_layout_converts_resumes_and_reports_irregularities(h36m_f
         "58860488",
         "60457274",
     ]
+    # The rule matches the exact take: the other Directions take of S11 keeps every camera.
+    assert Sequence(out / "S11_Directions_1").meta.cameras == [
+        c.name for c in h36m.load_cameras()["S11"]
+    ]
+    assert messages.count("damaged video") == 1
     np.testing.assert_allclose(s1.poses_3d, poses["S1"][::2], atol=1e-3)
     for seq in (s1, s11):
         for v, cam in enumerate(seq.cameras):
@@ -254,7 +263,7 @@ def test_h36m_official_layout_converts_resumes_and_reports_irregularities(h36m_f
         counts = convert(
             h36m.official_sequences(root, ["S1", "S11"], stride=2), out, 64, progress=False
         )
-    assert counts == {"written": 1, "skipped": 1}
+    assert counts == {"written": 1, "skipped": 2}
     assert tree_digest(out) == before
 
 

@@ -44,7 +44,8 @@ TEST_SUBJECTS = ("S9", "S11")
 FPS = 50.0
 #: Our 17 joints picked from the 32 of the D3_Positions files (the common Human3.6M subset).
 FROM_H36M_32: tuple[int, ...] = (0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27)
-#: Videos known to be damaged in the official release: that camera is left out of the sequence.
+#: Videos known to be damaged in the official release, as (subject, exact take, camera): that
+#: camera is left out of that take only ("Directions 1" of S11 keeps all four), as VideoPose3D.
 DAMAGED_VIDEOS = {("S11", "Directions", "54138969")}
 #: Subject-specific spellings of the same action.
 ACTION_ALIASES = {"TakingPhoto": "Photo", "WalkingDog": "WalkDog"}
@@ -116,7 +117,7 @@ def official_sequences(
                 cameras = [
                     c
                     for c in cameras
-                    if (subject, action_label(take), c.name) not in DAMAGED_VIDEOS
+                    if (subject, take, c.name) not in DAMAGED_VIDEOS
                 ]
                 if len(cameras) < len(calibration[subject]):
                     warnings.warn(
