@@ -139,3 +139,29 @@ def test_bad_inputs():
     bad[0, 3, 1] = np.nan
     with pytest.raises(InputError, match="NaN"):
         metrics.pa_mpjpe(bad, np.zeros((1, 17, 3)))
+
+
+def test_h36m_headline_is_the_mean_of_per_action_means():
+    """Protocol #1 averages each action's mean: 3 crops of 'Walking' 10 mm off and 1 crop of
+    'Sitting' 50 mm off give (10 + 50) / 2 = 30 mm, where pooling would give 20 mm."""
+    from metricpose.evaluate import Predictions, format_table, score
+
+    gt = np.zeros((4, 17, 3))
+    pred = gt.copy()
+    pred[:3, 1:, 0] = 10.0 * 17 / 16  # the root stays exact: MPJPE = 10 mm
+    pred[3, 1:, 0] = 50.0 * 17 / 16
+    n = len(gt)
+    result = score(
+        Predictions(
+            pose_pred=pred, pose_gt=gt, pose_world=gt, embedding=np.zeros((n, 4), np.float32),
+            subject=np.array(["S9"] * n), action=np.array(["Walking"] * 3 + ["Sitting"]),
+            camera=np.array(["c0"] * n), sequence=np.array(["s"] * n), frame=np.arange(n),
+            instant=np.arange(n), labelled=np.ones(n, bool),
+        )
+    )  # fmt: skip
+    assert result["action_mean"]["mpjpe"] == pytest.approx(30.0)
+    assert result["overall"]["mpjpe"] == pytest.approx(20.0)
+    table = format_table(result).splitlines()
+    first_row = next(line for line in table if line.startswith("| mean"))
+    assert first_row.startswith("| mean of the 2 per-action means | 30.0 |")
+    assert table.index(first_row) < table.index(next(x for x in table if "pooled" in x))

@@ -114,11 +114,7 @@ def official_sequences(
             frame_count = len(poses)
             videos: list[Path] = []
             if with_frames:
-                cameras = [
-                    c
-                    for c in cameras
-                    if (subject, take, c.name) not in DAMAGED_VIDEOS
-                ]
+                cameras = [c for c in cameras if (subject, take, c.name) not in DAMAGED_VIDEOS]
                 if len(cameras) < len(calibration[subject]):
                     warnings.warn(
                         f"{subject} {take}: leaving out the known damaged video of camera 54138969",
