@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,14 @@ def evaluate_checkpoint(
     model, config = load_model(checkpoint)
     subjects = subjects or config["data"]["test_subjects"]
     dataset = MultiViewDataset(data, subjects=subjects, num_views=1)
+    unofficial = [s.name for s in dataset.sequences if s.meta.extra.get("poses") == "annot3"]
+    if unofficial:
+        warnings.warn(
+            f"{data}: {', '.join(unofficial)} hold annot3 poses (mmpose's test annotations); "
+            "MPI-INF-3DHP's official PCK/AUC score univ_annot3, so these numbers are not "
+            "comparable with published ones: convert the official test set instead",
+            stacklevel=2,
+        )
     try:
         return score(predict(model, dataset, frame_stride=frame_stride))
     except NonFinitePredictionError as exc:

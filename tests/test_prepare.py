@@ -321,6 +321,25 @@ def test_3dhp_mmpose_fixtures_convert_onto_their_2d_annotations(fixtures_dir, tm
                 ankles = seq.poses_3d[0][[3, 6], 1]
                 assert np.abs(ankles).max() < 300
 
+    # mmpose's test poses are annot3, not the univ_annot3 the official protocol scores: recorded
+    # per sequence, and evaluate warns that its PCK/AUC are not the published protocol's.
+    from metricpose.checkpoint import build_model, save_model
+    from metricpose.config import load_config
+    from metricpose.evaluate import evaluate_checkpoint
+
+    assert {s.meta.extra["poses"] for s in open_dataset(tmp_path / "test")} == {"annot3"}
+    config = load_config("baseline", ["model.regressor_width=32", "model.embedding_dim=8"])
+    save_model(
+        tmp_path / "m.pt",
+        build_model(config, pretrained=False).state_dict(),
+        config,
+        ["S1"],
+        0,
+        crop_size=64,
+    )
+    with pytest.warns(UserWarning, match=r"TS1, TS2 hold annot3 poses.*not comparable"):
+        evaluate_checkpoint(tmp_path / "m.pt", tmp_path / "test", ["TS1", "TS2"])
+
 
 def calibration_text(cameras) -> str:
     lines = ["Skeletool Camera Calibration File V1.0"]
