@@ -50,7 +50,15 @@ class DemoPreset:
     probe_stride: int = 2
 
 
-_CPU_DEMO = ["train.steps=1000", "train.val_every=500"]
+# Sized for 2 CPU cores in 20 minutes; the learning rate, dropout and regressor width are the
+# ones that let the all-labels ceiling learn most in that budget (docs/design.md, testbed).
+_CPU_DEMO = [
+    "train.steps=1000",
+    "train.val_every=500",
+    "train.lr=0.003",
+    "model.dropout=0.0",
+    "model.regressor_width=512",
+]
 PRESETS: dict[str, DemoPreset] = {
     # The CI smoke run: seconds per step, numbers meaningless.
     "tiny": DemoPreset(
