@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -126,13 +127,23 @@ def _train_all(jobs: list[tuple[str, dict, Path]], workers: int, threads: int, p
         flush=True,
     )
     context = multiprocessing.get_context("spawn")  # no forked Lightning or OpenMP state
-    with context.Pool(workers, maxtasksperchild=1) as pool:
-        pending = {
-            name: pool.apply_async(_train_job, (config, run_dir, threads, False))
-            for name, config, run_dir in todo
-        }
-        for name, result in pending.items():
-            print(f"[demo] {name}: trained in {result.get() / 60:.1f} min", flush=True)
+    # SIGTERM leaves through the pool's exit, which passes it on to the trainings: each ends
+    # its step and writes last.ckpt, so that the demo resumes there.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with context.Pool(workers, maxtasksperchild=1) as pool:
+            pending = {
+                name: pool.apply_async(_train_job, (config, run_dir, threads, False))
+                for name, config, run_dir in todo
+            }
+            for name, result in pending.items():
+                print(f"[demo] {name}: trained in {result.get() / 60:.1f} min", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signal_number: int, frame: Any) -> None:
+    raise SystemExit(128 + signal_number)
 
 
 def _default_workers() -> int:

@@ -1,10 +1,12 @@
 """Training on the tiny studio: the presets run, the metric loss learns, resume is exact."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,6 +311,16 @@ def test_a_signal_ends_training_after_the_step_with_a_checkpoint(
     done = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "trained 200 steps" in done.stdout
+
+
+def test_the_interruption_crosses_process_boundaries():
+    """The demo trains in a process pool: the exception must unpickle in the parent (a custom
+    __init__ alone makes the pool's result thread fail and the demo hang)."""
+    from metricpose.train import TrainingInterrupted
+
+    stop = TrainingInterrupted(signal.SIGTERM, 17, Path("run/checkpoints/last.ckpt"))
+    again = pickle.loads(pickle.dumps(stop))
+    assert (again.signal_number, again.step, str(again)) == (signal.SIGTERM, 17, str(stop))
 
 
 def test_resume_from_a_corrupt_checkpoint_names_it(tiny_studio, tmp_path):
