@@ -295,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--preset", default="default", help="tiny | default | full")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--res", type=int, default=None, help="crop side in px (default 64)")
+    p.add_argument(
+        "--res",
+        type=int,
+        default=None,
+        help="crop side in px (default: the preset's; 48 for default)",
+    )
     p.add_argument("--cameras", type=int, default=None, help="number of cameras (default 4)")
     p.add_argument("--frames", type=int, default=None, help="frames per take")
     p.add_argument("--random-rig", action="store_true", help="random camera placement and lenses")
