@@ -67,8 +67,8 @@ PRESETS: dict[str, DemoPreset] = {
         ["train.steps=30", "train.val_every=15", "batch.size=8", "train.val_frames=16", "model.regressor_width=128"],
         query_stride=2,
     ),
-    # The README's main job: 21-24 minutes on 2 CPU cores (target 20).
-    # The paper's variants; the calibrated extension (a small gain, not beyond noise; docs/design.md) is
+    # The README's main job: ~17 minutes on 2 CPU cores (target 20).
+    # The paper's variants; the calibrated extension (−1.1% over three seeds, within noise; docs/results.md) is
     # left to `seeds`, which also tells the adversary's effect from seed noise.
     "default": DemoPreset("default", ["S1"], [0], _CPU_DEMO, ("baseline", "metric", "metric_adv"), eval_stride=2, query_stride=4, probe_stride=8),
     # The default experiment over three seeds: is a difference beyond seed noise?
