@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,21 @@ from metricpose.errors import InputError
 from metricpose.skeleton import JOINT_NAMES
 
 MODEL_FORMAT = "metricpose-model"
+
+
+@contextmanager
+def no_empty_output_on_failure(out: Path, leftovers: tuple[str, ...] = ()) -> Iterator[None]:
+    """A command that fails before writing anything leaves no empty ``out`` folder behind;
+    files named in ``leftovers`` (a lock) do not count as written."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if created and out.is_dir() and all(p.name in leftovers for p in out.iterdir()):
+            for name in leftovers:
+                (out / name).unlink(missing_ok=True)
+            out.rmdir()
+        raise
 
 
 def check_output_folder(out: Path, needed_mb: float = 200.0, purpose: str = "training") -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from metricpose.errors import InputError
+from metricpose.errors import InputError, TrainingInterrupted
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -207,23 +207,18 @@ def _add_inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> None:
     from metricpose.config import load_config
-    from metricpose.train import TrainingInterrupted, train
+    from metricpose.train import train
 
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.root={args.data}")
     config = load_config(args.config, overrides)
-    try:
-        summary = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
-    except TrainingInterrupted as stop:
-        print(f"metricpose train: {stop}", file=sys.stderr)
-        return 128 + stop.signal_number  # the shell's convention for "ended by a signal"
+    summary = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
     print(
         f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; model: {summary['model']}"
     )
-    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -416,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, OSError) as exc:
         print(f"metricpose {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:  # train, or demo training in this process
+        print(f"metricpose {args.command}: {stop}", file=sys.stderr)
+        return 128 + stop.signal_number  # the shell's convention for "ended by a signal"
 
 
 if __name__ == "__main__":

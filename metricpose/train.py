@@ -24,6 +24,7 @@ from metricpose.checkpoint import (
     build_model,
     check_free_space,
     check_output_folder,
+    no_empty_output_on_failure,
     remove_stale_temporaries,
     safe_load,
     save_model,
@@ -31,7 +32,7 @@ from metricpose.checkpoint import (
 from metricpose.config import parse_labels
 from metricpose.data.dataset import FrameKey, MultiViewDataset
 from metricpose.data.sampler import MixedBatchSampler
-from metricpose.errors import InputError
+from metricpose.errors import InputError, TrainingInterrupted
 from metricpose.losses import (
     IdentityAdversary,
     adversary_coefficient,
@@ -48,20 +49,6 @@ from metricpose.skeleton import FLIP_INDEX
 
 class NonFiniteLossError(InputError):
     """A loss term became NaN or Inf; the message names the step, the term and the batch."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT stopped training after a step; last.ckpt holds that step."""
-
-    def __init__(self, signal_number: int, step: int, checkpoint: Path) -> None:
-        self.signal_number, self.step, self.checkpoint = signal_number, step, checkpoint
-        super().__init__(
-            f"stopped by {signal.Signals(signal_number).name} after step {step}; {checkpoint} "
-            "holds it: the same command with --resume continues"
-        )
-
-    def __reduce__(self) -> tuple:  # crosses process boundaries (the demo's worker pool)
-        return type(self), (self.signal_number, self.step, self.checkpoint)
 
 
 class StopOnSignal(Callback):
@@ -499,22 +486,8 @@ def train(
     that fails before writing anything leaves no empty ``out`` folder behind.
     """
     out = Path(out)
-    created = not out.exists()
-    try:
+    with no_empty_output_on_failure(out, leftovers=(".lock",)):
         return _train(config, out, resume, progress)
-    except BaseException:
-        if created:
-            _remove_if_unused(out)
-        raise
-
-
-def _remove_if_unused(out: Path) -> None:
-    """Delete a run folder that holds nothing but the lock file."""
-    (out / ".lock").unlink(missing_ok=True)
-    try:
-        out.rmdir()  # only succeeds when empty
-    except OSError:
-        pass
 
 
 def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> dict[str, Any]:

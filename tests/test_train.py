@@ -316,7 +316,7 @@ def test_a_signal_ends_training_after_the_step_with_a_checkpoint(
 def test_the_interruption_crosses_process_boundaries():
     """The demo trains in a process pool: the exception must unpickle in the parent (a custom
     __init__ alone makes the pool's result thread fail and the demo hang)."""
-    from metricpose.train import TrainingInterrupted
+    from metricpose.errors import TrainingInterrupted
 
     stop = TrainingInterrupted(signal.SIGTERM, 17, Path("run/checkpoints/last.ckpt"))
     again = pickle.loads(pickle.dumps(stop))

@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+from metricpose.checkpoint import no_empty_output_on_failure
 from metricpose.errors import InputError
 from metricpose.prepare.common import SourceSequence, convert
 
@@ -60,8 +61,7 @@ def prepare(args: argparse.Namespace) -> dict[str, int]:
     """Convert, skipping sequences already complete in --out; returns written/skipped counts.
     A conversion that fails before writing anything leaves no empty --out folder behind."""
     out = Path(args.out)
-    created = not out.exists()
-    try:
+    with no_empty_output_on_failure(out):
         return convert(
             source_sequences(args),
             out,
@@ -70,7 +70,3 @@ def prepare(args: argparse.Namespace) -> dict[str, int]:
             source=args.source,
             progress=not args.no_progress,
         )
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise
