@@ -338,7 +338,8 @@ def test_3dhp_mmpose_fixtures_convert_onto_their_2d_annotations(fixtures_dir, tm
         crop_size=64,
     )
     with pytest.warns(UserWarning, match=r"TS1, TS2 hold annot3 poses.*not comparable"):
-        evaluate_checkpoint(tmp_path / "m.pt", tmp_path / "test", ["TS1", "TS2"])
+        scores = evaluate_checkpoint(tmp_path / "m.pt", tmp_path / "test", ["TS1", "TS2"])
+    assert scores["headline"] == "overall"  # 3DHP's "All" row: every valid frame pooled
 
 
 def calibration_text(cameras) -> str:
@@ -420,6 +421,38 @@ def test_3dhp_test_set_keeps_valid_frames_in_the_camera_frame(h36m_fixture, tmp_
     np.testing.assert_array_equal(seq.cameras[0].R, np.eye(3))
     expected = common.boxes_from_poses(seq.cameras, pose_cam[[0, 2, 3]])  # crops from annot3
     np.testing.assert_allclose(seq.boxes, expected, atol=1e-3)
+
+
+def test_3dhp_test_set_splits_takes_by_activity_for_the_per_activity_table(h36m_fixture, tmp_path):
+    """The official table scores each activity_annotation id (1-7) apart: every run of one
+    activity among the valid frames becomes a sequence whose action is the activity."""
+    folder = tmp_path / "TS2"
+    folder.mkdir()
+    pose_cam = walking_poses(h36m_fixture, "S1", 6)
+    pose_cam = pose_cam - pose_cam[:, :1].mean(0) + [0.0, 0.0, 4000.0]
+    theirs = np.zeros((6, 17, 3))
+    theirs[:, list(FROM_MPI_INF_3DHP_17)] = pose_cam
+    with h5py.File(folder / "annot_data.mat", "w") as f:
+        f["annot3"] = f["univ_annot3"] = theirs[:, None]
+        f["valid_frame"] = np.array([[1], [1], [0], [1], [1], [1]], dtype=np.float64)
+        f["activity_annotation"] = np.array([[1], [1], [3], [3], [3], [6]], dtype=np.float64)
+    found = list(mpi_inf_3dhp.testset_sequences(tmp_path, with_frames=False))
+    assert [(s.name, s.subject, s.action, s.source_frames) for s in found] == [
+        ("TS2_000", "TS2", "standing_walking", [0, 1]),
+        ("TS2_001", "TS2", "sitting", [3, 4]),  # frame 2 is not valid
+        ("TS2_002", "TS2", "sports", [5]),
+    ]
+    np.testing.assert_allclose(found[1].poses_world, pose_cam[[3, 4]], atol=1e-9)
+    with h5py.File(folder / "annot_data.mat", "a") as f:
+        del f["activity_annotation"]
+        f["activity_annotation"] = np.array([[1], [1], [0], [3], [9], [6]], dtype=np.float64)
+    with pytest.raises(InputError, match=r"annot_data.mat: activity_annotation must hold one id"):
+        list(mpi_inf_3dhp.testset_sequences(tmp_path, with_frames=False))
+    with h5py.File(folder / "annot_data.mat", "a") as f:
+        del f["valid_frame"]
+        f["valid_frame"] = np.zeros((6, 1))
+    with pytest.raises(InputError, match=r"annot_data.mat: no valid frames"):
+        list(mpi_inf_3dhp.testset_sequences(tmp_path, with_frames=False))
 
 
 # --- CMU Panoptic -------------------------------------------------------------------------

@@ -9,12 +9,14 @@ Official training set::
 Official test set (one camera per sequence, camera-frame annotations)::
 
     ROOT/mpi_inf_3dhp_test_set/TS<k>/annot_data.mat   (MATLAB v7.3 / HDF5) annot3 and
-                                                       univ_annot3 (N, 1, 17, 3), valid_frame (N, 1)
+                                                       univ_annot3 (N, 1, 17, 3), valid_frame (N, 1),
+                                                       activity_annotation (N, 1) ids 1-7
     ROOT/mpi_inf_3dhp_test_set/TS<k>/imageSequence/img_<frame from 1, 6 digits>.jpg
 
-The test set ships no calibration file: its intrinsics (the published values) are in
-mpi_inf_3dhp_test_cameras.json; its world frame is the camera frame. Evaluate it with PCK@150 mm
-and AUC (``metricpose evaluate`` reports both).
+The test set ships no calibration file: its intrinsics (least-squares estimates, within 0.25%
+of the documented calibration) are in mpi_inf_3dhp_test_cameras.json; its world frame is the
+camera frame. Each run of one activity becomes a sequence, so that ``metricpose evaluate``
+reports the official per-activity table beside PCK@150 mm and AUC over all frames.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ from metricpose.prepare.common import (
 from metricpose.skeleton import FROM_MPI_INF_3DHP_17, FROM_MPI_INF_3DHP_28, remap_joints
 
 TRAIN_FPS = 25.0
+# The test set's ``activity_annotation`` ids 1-7 (mpii_get_activity_name.m), as action names.
+TEST_ACTIVITIES = {
+    1: "standing_walking",
+    2: "exercising",
+    3: "sitting",
+    4: "reaching_crouching",
+    5: "on_the_floor",
+    6: "sports",
+    7: "miscellaneous",
+}
+ACTIVITY = "activity_annotation"
 #: Cameras 11-13 look down from the ceiling; the usual protocols leave them out.
 DEFAULT_CAMERAS = tuple(range(11))
 ALL_CAMERAS = tuple(range(14))
@@ -144,7 +157,9 @@ def training_sequences(
 
 
 def load_test_cameras() -> dict[str, Camera]:
-    """The published intrinsics of the six test sequences (camera frame = world frame)."""
+    """The six test sequences' intrinsics (camera frame = world frame): per-sequence
+    least-squares estimates, within 0.25% / 5 px of the documented calibration
+    (docs/datasets.md)."""
     text = (
         resources.files("metricpose.prepare").joinpath("mpi_inf_3dhp_test_cameras.json").read_text()
     )
@@ -163,7 +178,8 @@ def load_test_cameras() -> dict[str, Camera]:
 
 def _read_test_annotations(path: Path) -> dict[str, np.ndarray]:
     """``annot3`` and ``univ_annot3`` as (N, 17, 3) camera-frame mm in 3DHP's 17-joint order,
-    and ``valid_frame`` as (N,) bool."""
+    ``valid_frame`` as (N,) bool and, where the file has it, ``activity_annotation`` as (N,)
+    int ids 1-7."""
     import h5py
 
     path = require_file(path, "test annotation file")
@@ -173,10 +189,20 @@ def _read_test_annotations(path: Path) -> dict[str, np.ndarray]:
             missing = [k for k in keys if k not in f]
             if missing:
                 raise InputError(f"{path}: no {missing} variable (has {sorted(f)})")
-            data = {k: np.asarray(f[k], dtype=np.float64) for k in keys}
+            data = {k: np.asarray(f[k], dtype=np.float64) for k in (*keys, ACTIVITY) if k in f}
     except OSError as exc:
         raise InputError(f"{path}: not a MATLAB v7.3 (HDF5) file ({exc})") from None
     data["valid_frame"] = data["valid_frame"].ravel().astype(bool)
+    if ACTIVITY in data:
+        activity = data[ACTIVITY].ravel()
+        valid = data["valid_frame"]
+        if len(activity) != len(valid) or not np.isin(activity[valid], list(TEST_ACTIVITIES)).all():
+            raise InputError(
+                f"{path}: activity_annotation must hold one id 1-7 per frame "
+                f"({len(data['valid_frame'])} frames), got {activity.shape} values "
+                f"{sorted(set(activity.tolist()))[:8]}"
+            )
+        data[ACTIVITY] = activity.astype(int)
     for key in ("annot3", "univ_annot3"):
         a = data[key]
         data[key] = a.reshape(a.shape[0], -1, 3) if a.ndim == 4 else a
@@ -202,29 +228,41 @@ def testset_sequences(
         raise InputError(f"{base}: no TS1..TS6 folders")
     for folder in found:
         annot = _read_test_annotations(folder / "annot_data.mat")
-        keep = [int(i) for i in np.flatnonzero(annot["valid_frame"])[::stride]]
-        # Crops come from the true 3D positions (annot3); the stored poses are univ_annot3,
-        # rescaled to a common height, against which the dataset's protocol scores PCK/AUC.
-        seen = remap_joints(annot["annot3"][keep], FROM_MPI_INF_3DHP_17)[0]
-        world = remap_joints(annot["univ_annot3"][keep], FROM_MPI_INF_3DHP_17)[0]
+        valid = np.flatnonzero(annot["valid_frame"])[::stride]
+        if not len(valid):
+            raise InputError(f"{folder / 'annot_data.mat'}: no valid frames (valid_frame all 0)")
         cam = cameras[folder.name]
         count = len(annot["valid_frame"])
         images = [folder / "imageSequence" / f"img_{i + 1:06d}.jpg" for i in range(count)]
         if with_frames:
-            for i in keep:
+            for i in valid:
                 require_file(images[i], "test image")
-        yield SourceSequence(
-            name=folder.name,
-            subject=folder.name,
-            action="test",
-            fps=TRAIN_FPS / stride,
-            cameras=[cam],
-            source_frames=keep,
-            boxes=boxes_from_poses([cam], seen),
-            read_frames=[image_reader(images)] if with_frames else None,
-            poses_world=world,
-            extra={"split": "test", "poses": "univ_annot3"},
-        )
+        # The protocol's per-activity table needs the activity per crop, and an action is a
+        # sequence's: each run of one activity becomes a sequence TS<k>_<run>.
+        if ACTIVITY in annot:
+            runs = np.split(valid, np.flatnonzero(np.diff(annot[ACTIVITY][valid])) + 1)
+            named = [(f"{folder.name}_{r:03d}", TEST_ACTIVITIES[annot[ACTIVITY][run[0]]], run)
+                     for r, run in enumerate(runs)]  # fmt: skip
+        else:
+            named = [(folder.name, "test", valid)]
+        for name, action, run in named:
+            keep = [int(i) for i in run]
+            # Crops come from the true 3D positions (annot3); the stored poses are univ_annot3,
+            # rescaled to a common height, against which the dataset's protocol scores PCK/AUC.
+            seen = remap_joints(annot["annot3"][keep], FROM_MPI_INF_3DHP_17)[0]
+            world = remap_joints(annot["univ_annot3"][keep], FROM_MPI_INF_3DHP_17)[0]
+            yield SourceSequence(
+                name=name,
+                subject=folder.name,
+                action=action,
+                fps=TRAIN_FPS / stride,
+                cameras=[cam],
+                source_frames=keep,
+                boxes=boxes_from_poses([cam], seen),
+                read_frames=[image_reader(images)] if with_frames else None,
+                poses_world=world,
+                extra={"split": "test", "poses": "univ_annot3"},
+            )
 
 
 _MMPOSE_TRAIN = re.compile(r"^(S\d+)_(Seq\d+)_Cam(\d+)_(\d+)\.jpg$")
