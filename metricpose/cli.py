@@ -14,7 +14,7 @@ def _synth(args: argparse.Namespace) -> None:
 
     config = synth_config(
         args.preset, seed=args.seed, res=args.res, cameras=args.cameras, frames=args.frames,
-        random_rig=args.random_rig or None, rig_file=args.rig,
+        random_rig=args.random_rig or None, rig_file=args.rig, backdrop=args.backdrop,
     )  # fmt: skip
     folders = generate(Path(args.out), config)
     print(f"wrote {len(folders)} sequences to {args.out}")
@@ -300,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per take")
     p.add_argument("--random-rig", action="store_true", help="random camera placement and lenses")
     p.add_argument("--rig", help="JSON list of cameras (cameras.json layout) to render with")
+    p.add_argument(
+        "--backdrop",
+        choices=["studio", "random"],
+        help="behind the person: the studio room, or a random pattern per crop "
+        "(default: the preset's)",
+    )
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("show", help="write a contact-sheet PNG of a dataset")

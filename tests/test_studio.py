@@ -101,6 +101,43 @@ def test_rendering_is_deterministic_and_shows_the_person():
     assert diff[:, :3, :3].mean() < 6  # corners: background (+ noise)
 
 
+def test_random_backdrop_differs_per_crop_and_hides_the_camera():
+    """With backdrop None every crop gets its own background: the corners (background) of one
+    camera's consecutive frames differ as much as two cameras' do, unlike the studio's, where
+    one camera's corners barely change within a take."""
+    subject = make_subject("S1", np.random.default_rng(0))
+    take = generate_take(subject, "waving", 6, 12.5, np.random.default_rng(1))
+    studio = Studio.random(np.random.default_rng(2))
+    views = {}
+    for backdrop in ("studio", "random"):
+        for v, cam in enumerate(default_rig()[:2]):
+            shown = CameraBackdrop(studio, cam) if backdrop == "studio" else None
+            crops, _ = render_take(
+                subject, shown, cam, take["joints"], take["rotations"], 32, seed=v
+            )
+            views[backdrop, v] = crops[:, :4, :4].reshape(6, -1).astype(float)
+
+    def spread(a, b):  # mean absolute difference of corners, frame t of a vs frame t+1 of b
+        return np.abs(a[:-1] - b[1:]).mean()
+
+    studio_within, studio_across = (
+        spread(*[views["studio", 0]] * 2),
+        spread(views["studio", 0], views["studio", 1]),
+    )
+    random_within, random_across = (
+        spread(*[views["random", 0]] * 2),
+        spread(views["random", 0], views["random", 1]),
+    )
+    assert studio_within < 10 < studio_across
+    assert random_within > 20 and random_across > 20
+    again, _ = render_take(
+        subject, None, default_rig()[0], take["joints"], take["rotations"], 32, seed=0
+    )
+    np.testing.assert_array_equal(again[:, :4, :4].reshape(6, -1), views["random", 0])
+    with pytest.raises(ValueError, match="unknown backdrop 'green'"):
+        synth_config("tiny", backdrop="green")
+
+
 def test_generate_is_seeded_and_resumable(tmp_path):
     config = synth_config("tiny", frames=4, actions=["walking"], subjects=["S1"])
     generate(tmp_path / "a", config, progress=False)

@@ -23,6 +23,7 @@ TRAIN_SUBJECTS = ["S1", "S5", "S6", "S7", "S8", "S2", "S3", "S4", "S10"] + [
     f"S{i}" for i in range(12, 27)
 ]
 TEST_SUBJECTS = ["S9", "S11"]
+BACKDROPS = ("studio", "random")
 
 
 @dataclass
@@ -38,6 +39,9 @@ class SynthConfig:
     res: int = 64
     seed: int = 0
     style: float = 0.0  # strength of each person's own motion style (motion.draw_style); 0: none
+    # "studio": the room as each camera sees it; "random": a new random pattern behind every
+    # crop, so that the background tells neither the camera nor the take (docs/design.md)
+    backdrop: str = "studio"
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -61,7 +65,12 @@ def synth_config(preset: str = "default", **overrides) -> SynthConfig:
     unknown = [a for a in overrides.get("actions") or [] if a not in ACTIONS]
     if unknown:
         raise InputError(f"unknown actions {unknown}; available: {', '.join(ACTIONS)}")
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    if config.backdrop not in BACKDROPS:
+        raise InputError(
+            f"unknown backdrop {config.backdrop!r}; choose from {', '.join(BACKDROPS)}"
+        )
+    return config
 
 
 def _subject_number(name: str) -> int:
@@ -86,7 +95,9 @@ def generate(out: Path, config: SynthConfig, progress: bool = True) -> list[Path
         rig = random_rig(config.cameras, np.random.default_rng([seed, 1]))
     else:
         rig = default_rig(config.cameras)
-    backdrops = [CameraBackdrop(studio, cam) for cam in rig]
+    backdrops = [
+        CameraBackdrop(studio, cam) if config.backdrop == "studio" else None for cam in rig
+    ]
     jobs = [(s, a, k) for s in config.subjects for a in config.actions for k in range(config.takes)]
     written = []
     bar = tqdm(jobs, desc="rendering studio", unit="seq", disable=not progress)

@@ -280,9 +280,29 @@ def person_boxes(joints_world: np.ndarray, camera: Camera, margin: float = 1.3) 
     return np.concatenate([centre - side[:, None] / 2, centre + side[:, None] / 2], axis=1)
 
 
+def random_backgrounds(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """(N, S, S, 3) float RGB: each crop a blend of two random colours along random stripes.
+
+    Behind every crop a fresh one, so that nothing in the background tells the camera, the
+    person's place in the room or the take: only the person can tell the pose.
+    """
+
+    def uniform(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=generator)
+
+    yy, xx = torch.meshgrid(torch.arange(float(size)), torch.arange(float(size)), indexing="ij")
+    angle = uniform(n, 1, 1, hi=torch.pi)
+    frequency = uniform(n, 1, 1, lo=0.05, hi=0.5)  # radians per px
+    phase = uniform(n, 1, 1, hi=2 * torch.pi)
+    wave = 0.5 + 0.5 * torch.sin(frequency * (xx * angle.cos() + yy * angle.sin()) + phase)
+    mix = (wave * uniform(n, 1, 1))[..., None]
+    first, second = uniform(n, 1, 1, 3, lo=20, hi=235), uniform(n, 1, 1, 3, lo=20, hi=235)
+    return first * (1 - mix) + second * mix
+
+
 def render_take(
     subject: Subject,
-    backdrop: CameraBackdrop,
+    backdrop: CameraBackdrop | None,
     camera: Camera,
     joints_world: np.ndarray,
     rotations_world: np.ndarray,
@@ -290,7 +310,8 @@ def render_take(
     seed: int,
     chunk: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render one camera's view of a take.
+    """Render one camera's view of a take, in front of the studio as ``backdrop`` shows it, or
+    with ``backdrop`` None in front of a random background per crop (:func:`random_backgrounds`).
 
     Returns:
         crops (T, S, S, 3) uint8 and boxes (T, 4) float px.
@@ -303,7 +324,10 @@ def render_take(
     out = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
     for s in range(0, len(boxes), chunk):
         sl = slice(s, s + chunk)
-        bg = backdrop.crops(boxes[sl], size, joints_world[sl, 0, :2])
+        if backdrop is None:
+            bg = random_backgrounds(len(boxes[sl]), size, generator)
+        else:
+            bg = backdrop.crops(boxes[sl], size, joints_world[sl, 0, :2])
         img = render_body(joints_cam[sl], rotations_cam[sl], subject, K_crop[sl], camera, size, bg)
         img = img + torch.randn(img.shape, generator=generator) * 3.0
         out[sl] = img.round().clamp(0, 255).to(torch.uint8).numpy()
