@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backdrop",
         choices=["studio", "random"],
         help="behind the person: the studio room, or a random pattern per crop "
-        "(default: the preset's)",
+        "(default: the preset's; random for default)",
     )
     p.set_defaults(func=_synth)
 

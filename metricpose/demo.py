@@ -32,6 +32,7 @@ from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import open_dataset
 from metricpose.errors import InputError
 from metricpose.evaluate import predict, score
+from metricpose.metrics import orientation_decomposition
 from metricpose.probe import heading_probe, identity_probe
 from metricpose.report import CEILING, LABEL_LIMITED_RATIO, summary_table, verdict, write_report
 from metricpose.retrieval import evaluate_retrieval
@@ -258,6 +259,7 @@ def run_demo(
             "retrieval_cross_subject": cross["embedding"] if cross else None,
             "identity_probe_acc": probe["accuracy"],
             "heading_probe_deg": heading["median_error_deg"],
+            **orientation_decomposition(pred.pose_pred, pred.pose_gt),
             "train_seconds": summary["train_seconds"],
             "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},
             "run_dir": str(run["dir"]),

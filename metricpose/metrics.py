@@ -127,3 +127,30 @@ def all_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         "pck150": pck(pred, gt),
         "auc": auc(pred, gt),
     }
+
+
+def orientation_decomposition(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Split camera-frame error into the body's orientation and the pose in the body frame.
+
+    The body frame (right = left-to-right hip, up = pelvis-to-thorax, ``posenet.body_frame``)
+    of each (N, 17, 3) root-relative camera-frame pose (mm) is compared with the true one:
+    ``orientation_error_deg`` is the median angle of the rotation between them (median: a
+    front/back confusion costs up to 180°), ``body_frame_mpjpe`` the MPJPE (mm) once the
+    prediction is rotated so that its body frame is the true one — what is left when the
+    heading relative to the camera is right. Not a published metric: a diagnostic of where a
+    camera-frame MPJPE comes from.
+    """
+    import torch
+
+    from metricpose.models.posenet import body_frame
+
+    pred, gt = _root_align(*_check(pred, gt))
+    frame_pred = body_frame(torch.as_tensor(pred)).numpy()
+    frame_gt = body_frame(torch.as_tensor(gt)).numpy()
+    rotation = frame_gt @ np.swapaxes(frame_pred, -1, -2)  # (N, 3, 3) takes pred's frame to gt's
+    cos = (np.trace(rotation, axis1=1, axis2=2) - 1) / 2
+    aligned = pred @ np.swapaxes(rotation, -1, -2)
+    return {
+        "orientation_error_deg": float(np.median(np.degrees(np.arccos(np.clip(cos, -1, 1))))),
+        "body_frame_mpjpe": mpjpe(aligned, gt),
+    }

@@ -30,7 +30,7 @@ def _groups(runs: list[dict[str, Any]], key: str) -> dict[tuple[str, str], list[
     for r in runs:
         value: Any = r
         for part in key.split("."):
-            value = None if value is None else value[part]
+            value = None if value is None else value.get(part)
         if value is not None:  # e.g. no cross-subject retrieval with one test subject
             out.setdefault((r["variant"], r["labels"]), []).append(float(value))
     return out
@@ -151,6 +151,7 @@ def summary_table(doc: dict[str, Any]) -> str:
     """The results as the terminal shows them at the end of the demo (plain text)."""
     runs = doc["runs"]
     keys = [("mpjpe", 1, "MPJPE mm"), ("pa_mpjpe", 1, "PA-MPJPE mm"), ("gap_closed", 100, "gap closed %"),
+            ("orientation_error_deg", 1, "body orient. deg"), ("body_frame_mpjpe", 1, "body-frame mm"),
             ("retrieval.hit@10", 100, "Hit@10 %")]  # fmt: skip
     groups = {key: _groups(runs, key) for key, _, _ in keys}
     table = [["variant", "labels", *(name for _, _, name in keys)]]
@@ -203,7 +204,7 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
         plot_gallery(gallery, out / "retrieval_gallery.png")
 
     keys = [("mpjpe", 1, "MPJPE"), ("n_mpjpe", 1, "N-MPJPE"), ("pa_mpjpe", 1, "PA-MPJPE"), ("gap_closed", 100, "gap closed %"),
-            ("pck150", 100, "PCK@150 %"),
+            ("pck150", 100, "PCK@150 %"), ("orientation_error_deg", 1, "body orient. err °"), ("body_frame_mpjpe", 1, "body-frame MPJPE"),
             ("retrieval.mean_pa_mpjpe@1", 1, "retr. PA@1"), ("retrieval.mean_pa_mpjpe@10", 1, "retr. PA@10"),
             ("retrieval.hit@1", 100, "Hit@1 %"), ("retrieval.hit@10", 100, "Hit@10 %"),
             ("retrieval.top1_same_subject", 100, "top-1 same subj. %"), ("retrieval_cross_subject.hit@10", 100, "x-subj Hit@10 %"),
@@ -217,7 +218,9 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
         f"Preset `{doc['config']['preset']}`; training subjects {', '.join(doc['train_subjects'])}; test subjects "
         f"{', '.join(doc['test_subjects'])} ({doc['test_crops']} crops); seeds {seeds}. Values are mean ± std over seeds where there are several. "
         f"`{CEILING}` is the ceiling: the baseline with every training subject's 3D labels; *gap closed* is "
-        "(baseline − variant) / (baseline − ceiling), per seed.\n",
+        "(baseline − variant) / (baseline − ceiling), per seed. *body orient. err* is the median angle between the "
+        "predicted and the true body frame (hips, spine), *body-frame MPJPE* the error left once the predicted body is "
+        "turned to the true orientation: camera-frame MPJPE needs both (`metrics.orientation_decomposition`).\n",
         "\n## Results\n\n",
         "| variant | labels | " + " | ".join(name for _, _, name in keys) + " |\n",
         "|---|---|" + "---|" * len(keys) + "\n",

@@ -170,3 +170,30 @@ def test_h36m_headline_is_the_mean_of_per_action_means():
     table = format_table(result).splitlines()
     rows = [line for line in table if line.startswith(("| mean", "| pooled"))][:2]
     assert rows[0].startswith("| pooled over all crops | 20.0 |") and rows[1].startswith("| mean")
+
+
+def test_orientation_decomposition_separates_heading_from_body_pose():
+    """A pose turned 30° about its own up axis is all orientation error (30°, body-frame
+    MPJPE 0); a wrist moved 170 mm with the body frame kept is all body-frame error
+    (170 / 17 = 10 mm, orientation 0°)."""
+    _, gt = random_poses(3, n=4)
+    import torch
+
+    from metricpose.models.posenet import body_frame
+
+    axis = body_frame(torch.as_tensor(gt))[..., 2].numpy()  # (N, 3) each body's up axis
+    turned = np.stack(
+        [
+            p @ Rotation.from_rotvec(np.radians(30) * a).as_matrix().T
+            for p, a in zip(gt, axis, strict=True)
+        ]
+    )
+    result = metrics.orientation_decomposition(turned, gt)
+    assert result["orientation_error_deg"] == pytest.approx(30.0)
+    assert result["body_frame_mpjpe"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics.mpjpe(turned, gt) > 50  # the camera-frame error it explains
+    moved = gt.copy()
+    moved[:, 13] += [0.0, 0.0, 170.0]  # left wrist: not a joint of the body frame
+    result = metrics.orientation_decomposition(moved, gt)
+    assert result["orientation_error_deg"] == pytest.approx(0.0, abs=1e-5)
+    assert result["body_frame_mpjpe"] == pytest.approx(10.0)
