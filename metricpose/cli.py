@@ -240,28 +240,53 @@ def _retrieval(args: argparse.Namespace) -> None:
     from metricpose.checkpoint import load_model
     from metricpose.data.dataset import MultiViewDataset
     from metricpose.evaluate import predict
-    from metricpose.retrieval import evaluate_retrieval, protocol, read_keys, write_keys
+    from metricpose.retrieval import (
+        evaluate_retrieval,
+        protocol,
+        prvipe_sets,
+        read_keys,
+        read_prvipe_keys,
+        write_keys,
+    )
 
+    prvipe = args.protocol == "pr-vipe"
+    if args.keys_in and len(args.keys_in) > 1 and not prvipe:
+        raise InputError("--keys-in takes one file (several only with --protocol pr-vipe)")
     model, config = load_model(Path(args.checkpoint))
     subjects = args.subjects.split(",") if args.subjects else config["data"]["test_subjects"]
-    pred = predict(model, MultiViewDataset(Path(args.data), subjects=subjects, num_views=1))
-    sets = (
-        read_keys(Path(args.keys_in), pred)
-        if args.keys_in
-        else protocol(pred, args.query_stride, args.cross_subject)
-    )
+    dataset = MultiViewDataset(Path(args.data), subjects=subjects, num_views=1)
+    pred = predict(model, dataset)
+    if prvipe:
+        takes = {
+            seq.name: (
+                seq.meta.extra.get("take", seq.meta.action),
+                seq.meta.extra.get("source_frames"),
+            )
+            for seq in dataset.sequences
+        }
+        cameras = read_prvipe_keys(args.keys_in, pred, takes) if args.keys_in else None
+        sets = prvipe_sets(pred, cameras, args.query_stride)
+    elif args.keys_in:
+        sets = read_keys(Path(args.keys_in[0]), pred)
+    else:
+        sets = protocol(pred, args.query_stride, args.cross_subject)
     if args.keys_out:
         write_keys(Path(args.keys_out), pred, sets)
-    result = evaluate_retrieval(pred, threshold=args.threshold, ivf_lists=args.ivf_lists, sets=sets)
+    result = evaluate_retrieval(
+        pred, threshold=args.threshold, ivf_lists=args.ivf_lists, sets=sets, prvipe=prvipe
+    )
+    per_pair = result.pop("per_pair", {})
     print("| retrieval | " + " | ".join(k for k in result["embedding"]) + " |")
-    for row, values in result.items():
+    for row, values in [*result.items(), *((f"embedding {p}", v) for p, v in per_pair.items())]:
         print(
             f"| {row} | "
             + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values.values())
             + " |"
         )
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        Path(args.out).write_text(
+            json.dumps({**result, **({"per_pair": per_pair} if prvipe else {})}, indent=1)
+        )
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -366,8 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, default=0.1, help="NP-MPJPE threshold of a hit")
     p.add_argument("--ivf-lists", type=int, default=0, help="FAISS IVF lists (0: exact search)")
+    p.add_argument(
+        "--protocol",
+        choices=["ours", "pr-vipe"],
+        default="ours",
+        help="ours: every other camera pooled as the database, unit-RMS poses, hit if NP-MPJPE "
+        "<= threshold; pr-vipe: Pr-VIPE's camera pairs, normalisation and strict < threshold",
+    )
     p.add_argument("--keys-out", help="write the evaluated query/database keys to this text file")
-    p.add_argument("--keys-in", help="evaluate exactly the keys of this file")
+    p.add_argument(
+        "--keys-in",
+        nargs="+",
+        help="evaluate exactly these keys: a file written by --keys-out, or with --protocol "
+        "pr-vipe its per-camera key files (subject:action:camera:frame)",
+    )
     p.add_argument("--out", help="also write the scores as JSON")
     p.set_defaults(func=_retrieval)
 

@@ -13,6 +13,15 @@ Scores, for k in (1, 5, 10, 20):
   root-mean-square joint distance (a scale-free pose distance in the spirit of Pr-VIPE's;
   the threshold is configurable).
 
+``protocol="pr-vipe"`` follows Pr-VIPE (Sun et al., ECCV 2020; google-research ``poem``) for
+numbers comparable with its tables: poses centred on the pelvis and divided by the
+pelvis-spine plus spine-thorax length (its ``LEGACY_3DH36M17`` profile), a hit is NP-MPJPE
+*strictly* below the threshold, and every ordered camera pair (query camera → database
+camera) is a retrieval set of its own, reported per pair and as the mean over pairs; its
+published frames come as one key file per camera (``subject:action:camera:frame``, the frame
+counted from 0 in the source video; :func:`read_prvipe_keys`). Mean PA-MPJPE@k, the
+same-subject share and the cross-subject variant have no counterpart in its tables.
+
 The cross-subject variant restricts the database to other subjects than the query's, and the
 share of top-1 retrievals from the query's own subject (in the standard variant) shows how
 much the embedding finds the person rather than the pose.
@@ -33,7 +42,7 @@ from metricpose.errors import InputError
 from metricpose.evaluate import Predictions
 from metricpose.metrics import pa_mpjpe_per_sample
 from metricpose.models.posenet import body_frame
-from metricpose.skeleton import root_relative
+from metricpose.skeleton import ROOT, SPINE, THORAX, root_relative
 
 KS = (1, 5, 10, 20)
 
@@ -70,6 +79,17 @@ def normalise_pose(poses: np.ndarray) -> np.ndarray:
     return centred / np.maximum(rms, 1e-9)[:, None, None]
 
 
+def normalise_pose_prvipe(poses: np.ndarray) -> np.ndarray:
+    """Pr-VIPE's 3D normalisation of (N, 17, 3) poses: centred on the pelvis, divided by the
+    pelvis-spine plus spine-thorax distance."""
+    centred = root_relative(poses)
+    torso = sum(
+        np.linalg.norm(centred[:, a] - centred[:, b], axis=-1)
+        for a, b in ((ROOT, SPINE), (SPINE, THORAX))
+    )
+    return centred / np.maximum(torso, 1e-9)[:, None, None]
+
+
 @dataclass
 class RetrievalSet:
     """Which rows of a Predictions serve as queries and which as database, for one query
@@ -100,8 +120,76 @@ def protocol(
     return sets
 
 
+def prvipe_sets(
+    pred: Predictions, cameras: dict[str, np.ndarray] | None = None, query_stride: int = 1
+) -> list[RetrievalSet]:
+    """Pr-VIPE's retrieval sets: one per ordered camera pair, queries from the first camera,
+    database from the second. ``cameras`` maps a camera to its frames' rows (from
+    :func:`read_prvipe_keys`); by default every ``query_stride``-th instant of each camera,
+    in both roles."""
+    if cameras is None:
+        cameras = {}
+        for camera in np.unique(pred.camera):
+            rows = np.flatnonzero(pred.camera == camera)
+            cameras[str(camera)] = rows[np.argsort(pred.instant[rows], kind="stable")][
+                ::query_stride
+            ]
+    return [
+        RetrievalSet(f"{a}->{b}", cameras[a], cameras[b])
+        for a in cameras
+        for b in cameras
+        if a != b
+    ]
+
+
+def read_prvipe_keys(
+    paths: list[Path], pred: Predictions, takes: dict[str, tuple[str, list[int] | None]]
+) -> dict[str, np.ndarray]:
+    """Rows of ``pred`` named by Pr-VIPE key files (``subject:action:camera:frame`` per line,
+    e.g. ``S11:Directions 1:54138969:000020``, the frame counted from 0 in the source video),
+    grouped by camera.
+
+    ``takes`` maps each sequence name to its source take (Human3.6M's "Directions 1"; the
+    converter keeps it in ``meta.extra["take"]``) and the source frame of each stored frame
+    (``meta.extra["source_frames"]``; None: stored frame = source frame).
+    """
+    row = {}
+    for i, (seq, frame, camera) in enumerate(
+        zip(pred.sequence, pred.frame, pred.camera, strict=True)
+    ):
+        take, source_frames = takes[str(seq)]
+        source = int(source_frames[frame]) if source_frames is not None else int(frame)
+        row[(str(pred.subject[i]), take, str(camera), source)] = i
+    grouped: dict[str, list[int]] = {}
+    for path in paths:
+        lines = Path(path).read_text().splitlines()
+        for n, line in enumerate(lines, 1):
+            parts = line.strip().split(":")
+            if not line.strip():
+                continue
+            if len(parts) != 4 or not parts[3].isdigit():
+                raise InputError(
+                    f"{path}:{n}: expected 'subject:action:camera:frame', got {line!r}"
+                )
+            key = (parts[0], parts[1], parts[2], int(parts[3]))
+            if key not in row:
+                raise InputError(
+                    f"{path}:{n}: {line.strip()!r} is not in the evaluated data (convert the "
+                    "subjects' takes with a frame stride that keeps this frame, e.g. "
+                    "`prepare h36m --stride 5` keeps every 5th)"
+                )
+            grouped.setdefault(parts[2], []).append(row[key])
+    if len(grouped) < 2:
+        raise InputError(f"{', '.join(map(str, paths))}: keys of at least two cameras needed")
+    return {camera: np.array(rows) for camera, rows in grouped.items()}
+
+
 def _scores(
-    pred: Predictions, sets: list[RetrievalSet], neighbours: list[np.ndarray], threshold: float
+    pred: Predictions,
+    sets: list[RetrievalSet],
+    neighbours: list[np.ndarray],
+    threshold: float,
+    prvipe: bool = False,
 ) -> dict[str, float]:
     pa_at = {k: [] for k in KS}
     hits = {k: [] for k in KS}
@@ -111,13 +199,15 @@ def _scores(
         q_pose = np.repeat(pred.pose_gt[rs.queries], kmax, axis=0)
         r_pose = pred.pose_gt[rs.database[nn.ravel()]]
         pa = pa_mpjpe_per_sample(r_pose, q_pose).reshape(len(rs.queries), kmax)
-        np_pa = pa_mpjpe_per_sample(normalise_pose(r_pose), normalise_pose(q_pose)).reshape(
+        normalise = normalise_pose_prvipe if prvipe else normalise_pose
+        np_pa = pa_mpjpe_per_sample(normalise(r_pose), normalise(q_pose)).reshape(
             len(rs.queries), kmax
         )
+        close = np_pa < threshold if prvipe else np_pa <= threshold
         for k in KS:
             kk = min(k, kmax)
             pa_at[k].append(pa[:, :kk].mean(1))
-            hits[k].append((np_pa[:, :kk] <= threshold).any(1))
+            hits[k].append(close[:, :kk].any(1))
         own_subject.append(pred.subject[rs.database[nn[:, 0]]] == pred.subject[rs.queries])
     out = {f"mean_pa_mpjpe@{k}": float(np.concatenate(pa_at[k]).mean()) for k in KS}
     out.update({f"hit@{k}": float(np.concatenate(hits[k]).mean()) for k in KS})
@@ -135,13 +225,24 @@ def evaluate_retrieval(
     seed: int = 0,
     sets: list[RetrievalSet] | None = None,
     references: bool = True,
+    prvipe: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Scores of the embedding (and, with ``references``, of the oracle and random reference
     rows, which do not depend on the model), on ``sets`` (from a key file) or on the
-    protocol's own splits."""
+    protocol's own splits.
+
+    With ``prvipe`` the scores follow Pr-VIPE (see the module docstring): its normalisation
+    and strict threshold, each row the mean over the sets (camera pairs) rather than over
+    pooled queries, and ``"per_pair"`` holds the embedding's scores of each pair.
+    """
     if not pred.labelled.all():
         raise InputError("retrieval scoring needs ground-truth 3D poses for every evaluated frame")
-    sets = sets if sets is not None else protocol(pred, query_stride, cross_subject)
+    if sets is None:
+        sets = (
+            prvipe_sets(pred, None, query_stride)
+            if prvipe
+            else protocol(pred, query_stride, cross_subject)
+        )
     if not sets:
         raise InputError(
             "retrieval needs at least two cameras (and two subjects for the cross-subject variant)"
@@ -151,7 +252,28 @@ def evaluate_retrieval(
         search(pred.embedding[rs.database], pred.embedding[rs.queries], kmax, ivf_lists)
         for rs in sets
     ]
-    result = {"embedding": _scores(pred, sets, emb, threshold)}
+
+    def per_set(neighbours: list[np.ndarray]) -> dict[str, dict[str, float]]:
+        return {
+            rs.label: _scores(pred, [rs], [nn], threshold, prvipe=True)
+            for rs, nn in zip(sets, neighbours, strict=True)
+        }
+
+    def mean_over_sets(results: dict[str, dict[str, float]]) -> dict[str, float]:
+        rows = list(results.values())
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "queries"}
+        return {**mean, "queries": int(sum(r["queries"] for r in rows))}
+
+    def scores(neighbours: list[np.ndarray]) -> dict[str, float]:
+        if prvipe:
+            return mean_over_sets(per_set(neighbours))
+        return _scores(pred, sets, neighbours, threshold)
+
+    if prvipe:
+        pairs = per_set(emb)
+        result = {"embedding": mean_over_sets(pairs), "per_pair": pairs}
+    else:
+        result = {"embedding": scores(emb)}
     if not references:
         return result
     # Oracle: nearest by the true pose itself, in the body-centred frame (no view, no heading).
@@ -163,8 +285,8 @@ def evaluate_retrieval(
         rng.integers(len(rs.database), size=(len(rs.queries), min(kmax, len(rs.database))))
         for rs in sets
     ]
-    result["oracle_3d"] = _scores(pred, sets, oracle, threshold)
-    result["random"] = _scores(pred, sets, random, threshold)
+    result["oracle_3d"] = scores(oracle)
+    result["random"] = scores(random)
     return result
 
 

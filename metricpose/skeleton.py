@@ -28,6 +28,8 @@ JOINT_NAMES: tuple[str, ...] = (
 )
 NUM_JOINTS = len(JOINT_NAMES)
 ROOT = 0
+SPINE = JOINT_NAMES.index("spine")
+THORAX = JOINT_NAMES.index("thorax")
 
 #: Parent of each joint; the root's parent is -1.
 PARENTS: tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)

@@ -2,12 +2,17 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from metricpose.errors import InputError
 from metricpose.evaluate import Predictions
+from metricpose.metrics import pa_mpjpe_per_sample
 from metricpose.retrieval import (
     evaluate_retrieval,
     normalise_pose,
+    normalise_pose_prvipe,
     protocol,
+    prvipe_sets,
     read_keys,
+    read_prvipe_keys,
     search,
     write_keys,
 )
@@ -131,3 +136,76 @@ def test_key_files_round_trip(tmp_path):
     (tmp_path / "bad.txt").write_text("query cam0 seq9 3 cam0\n")
     with pytest.raises(ValueError, match="bad.txt:1: frame"):
         read_keys(tmp_path / "bad.txt", pred)
+
+
+def test_prvipe_normalisation_centres_on_the_pelvis_and_divides_by_the_torso():
+    pose = np.zeros((1, 17, 3))
+    pose[0, :] = [5.0, 5.0, 5.0]
+    pose[0, 7] = [5.0, 5.0, 205.0]  # spine: 200 mm above the pelvis
+    pose[0, 8] = [5.0, 155.0, 205.0]  # thorax: 150 mm from the spine
+    pose[0, 10] = [5.0, 705.0, 205.0]
+    out = normalise_pose_prvipe(pose)[0]
+    np.testing.assert_allclose(out[0], 0.0)
+    np.testing.assert_allclose(out[8], [0.0, 150 / 350, 200 / 350])
+    np.testing.assert_allclose(out[10], [0.0, 700 / 350, 200 / 350])
+
+
+def test_prvipe_protocol_pairs_cameras_and_scores_with_its_normalisation():
+    pred = make_predictions(0.0, instants=2, cameras=3)
+    sets = prvipe_sets(pred)
+    assert [s.label for s in sets] == [
+        "cam0->cam1", "cam0->cam2", "cam1->cam0", "cam1->cam2", "cam2->cam0", "cam2->cam1",
+    ]  # fmt: skip
+    for s in sets:
+        a, b = s.label.split("->")
+        assert (pred.camera[s.queries] == a).all() and (pred.camera[s.database] == b).all()
+    # Swap the two instants' embeddings in camera 1 only: from camera 0, the top-1 retrieval in
+    # camera 1 is the *other* instant, a hit only if its NP-MPJPE is below the threshold.
+    swapped = pred.embedding.copy()
+    cam1 = np.flatnonzero(pred.camera == "cam1")
+    swapped[cam1] = swapped[cam1[::-1]]
+    pred.embedding = swapped
+    q0, q1 = np.flatnonzero(pred.camera == "cam0")
+    d0, d1 = np.flatnonzero(pred.camera == "cam1")  # instant 0 and 1 (their codes swapped)
+
+    def np_mpjpe(normalise, retrieved, query):  # the retrieved pose aligned to the query's
+        return pa_mpjpe_per_sample(
+            normalise(pred.pose_gt[[retrieved]]), normalise(pred.pose_gt[[query]])
+        )[0]
+
+    theirs = [np_mpjpe(normalise_pose_prvipe, r, q) for r, q in ((d1, q0), (d0, q1))]
+    ours = [np_mpjpe(normalise_pose, r, q) for r, q in ((d1, q0), (d0, q1))]
+    assert min(abs(a - b) for a, b in zip(theirs, ours, strict=True)) > 0.01  # they disagree
+    pair = [s for s in sets if s.label == "cam0->cam1"]
+    for threshold in (*theirs, *(t * 1.001 for t in theirs), *ours, min(theirs) * 0.999):
+        out = evaluate_retrieval(
+            pred, sets=pair, threshold=threshold, prvipe=True, references=False
+        )
+        expected = np.mean([d < threshold for d in theirs])  # strictly below
+        assert out["embedding"]["hit@1"] == expected
+        assert out["per_pair"]["cam0->cam1"]["hit@1"] == expected
+    # The headline is the mean over pairs, not over pooled queries.
+    both = evaluate_retrieval(pred, sets=sets, prvipe=True, references=False)
+    per = [v["hit@1"] for v in both["per_pair"].values()]
+    assert both["embedding"]["hit@1"] == pytest.approx(np.mean(per))
+
+
+def test_prvipe_key_files_name_source_frames(tmp_path):
+    pred = make_predictions(0.0, instants=4, cameras=2)
+    # Stored frame f of each sequence was source frame 10 f (a converter's stride).
+    takes = {"seq0": ("Directions 1", [10 * f for f in range(10)]), "seq1": ("Walking", None)}
+    lines_cam0 = ["S11:Directions 1:cam0:000020", "S9:Walking:cam0:000003"]
+    (tmp_path / "c0.txt").write_text("\n".join(lines_cam0) + "\n")
+    (tmp_path / "c1.txt").write_text("S11:Directions 1:cam1:000000\n")
+    cameras = read_prvipe_keys([tmp_path / "c0.txt", tmp_path / "c1.txt"], pred, takes)
+    # seq0 holds the even instants (frames 0, 2), seq1 the odd ones; one row per camera each.
+    (r_a, r_b), (r_c,) = cameras["cam0"], cameras["cam1"]
+    assert (pred.sequence[r_a], pred.frame[r_a], pred.camera[r_a]) == ("seq0", 2, "cam0")
+    assert (pred.sequence[r_b], pred.frame[r_b]) == ("seq1", 3)
+    assert (pred.sequence[r_c], pred.frame[r_c], pred.camera[r_c]) == ("seq0", 0, "cam1")
+    (tmp_path / "bad.txt").write_text("S11:Directions 1:cam1:000005\n")
+    with pytest.raises(InputError, match=r"bad.txt:1: 'S11:Directions 1:cam1:000005' is not in"):
+        read_prvipe_keys([tmp_path / "c0.txt", tmp_path / "bad.txt"], pred, takes)
+    (tmp_path / "bad.txt").write_text("S11 Directions 1 cam1 5\n")
+    with pytest.raises(InputError, match=r"bad.txt:1: expected 'subject:action:camera:frame'"):
+        read_prvipe_keys([tmp_path / "bad.txt"], pred, takes)
