@@ -214,7 +214,7 @@ def _train(args: argparse.Namespace) -> None:
     overrides = list(args.set or [])
     if args.data:
         overrides.append(f"data.root={args.data}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, recipe=args.recipe)
     summary = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
     print(
         f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; model: {summary['model']}"
@@ -355,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config", default="metric", help="preset (baseline, metric, metric_adv) or a YAML file"
+    )
+    p.add_argument(
+        "--recipe",
+        help="a dataset's experiment settings applied after the preset: h36m_paper "
+        "(docs/datasets.md) or a YAML file",
     )
     p.add_argument("--data", help="dataset folder (same as --set data.root=DIR)")
     p.add_argument(

@@ -14,6 +14,10 @@ import yaml
 from metricpose.errors import InputError
 
 PRESETS = ("baseline", "metric", "metric_adv", "metric_calibrated")
+#: Settings for one dataset's experiment, applied after a preset (``--recipe``).
+RECIPES = ("h36m_paper",)
+#: A recipe's value for options the user must give (e.g. a local weights file).
+REQUIRED = "REQUIRED"
 
 
 class ConfigError(InputError):
@@ -97,23 +101,46 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+def _yaml_source(name: str, shipped: tuple[str, ...], what: str) -> Any:
+    if name in shipped:
+        return resources.files("metricpose.configs") / f"{name}.yaml"
+    source = Path(name)
+    if source.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{name!r}: neither a {what} ({', '.join(shipped)}) nor a .yaml file")
+    return source
+
+
+def _unset_required(config: dict[str, Any], prefix: str = "") -> list[str]:
+    missing = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            missing += _unset_required(value, f"{prefix}{key}.")
+        elif value == REQUIRED:
+            missing.append(f"{prefix}{key}")
+    return missing
+
+
 def load_config(
-    preset_or_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+    preset_or_file: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    recipe: str | None = None,
 ) -> dict[str, Any]:
-    """Defaults, then a preset name or a YAML file, then ``key=value`` overrides."""
+    """Defaults, then a preset name or a YAML file, then a recipe (a dataset's experiment
+    settings), then ``key=value`` overrides."""
     config = defaults()
     if preset_or_file:
-        if preset_or_file in PRESETS:
-            source = resources.files("metricpose.configs") / f"{preset_or_file}.yaml"
-        else:
-            source = Path(preset_or_file)
-            if source.suffix not in (".yaml", ".yml"):
-                raise ConfigError(
-                    f"{preset_or_file!r}: neither a preset ({', '.join(PRESETS)}) nor a .yaml file"
-                )
+        source = _yaml_source(preset_or_file, PRESETS, "preset")
         _merge(config, _read_yaml(source, str(preset_or_file)), str(preset_or_file))
+    if recipe:
+        _merge(config, _read_yaml(_yaml_source(recipe, RECIPES, "recipe"), recipe), recipe)
     for text in overrides:
         _merge(config, parse_override(text), f"override {text!r}")
+    missing = _unset_required(config)
+    if missing:
+        raise ConfigError(
+            f"{recipe or preset_or_file}: {', '.join(missing)} must be given "
+            f"(--set {missing[0]}=...); see the recipe's comments"
+        )
     try:
         validate(config)
     except ConfigError as exc:
