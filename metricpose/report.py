@@ -189,7 +189,8 @@ def verdict(doc: dict[str, Any]) -> str:
         gain = 1 - np.mean(values) / np.mean(base)
         lines.append(
             f"Claim (>= {100 * CLAIMED_GAIN:.0f}% lower MPJPE than labels alone): {variant} "
-            f"{100 * gain:+.1f}% -> {'reproduced' if gain >= CLAIMED_GAIN else 'not reproduced'}."
+            f"{100 * abs(gain):.1f}% {'lower' if gain >= 0 else 'higher'} -> "
+            f"{'reproduced' if gain >= CLAIMED_GAIN else 'not reproduced'}."
         )
     return "\n".join(lines)
 
