@@ -571,13 +571,18 @@ def walking_poses_like() -> np.ndarray:
     return forward_kinematics(offsets, rotations, np.array([[0.0, 0.0, 900.0]]))[0][0]
 
 
+def converted_h36m_fixture(fixtures_dir: Path, out: Path) -> Path:
+    """The Human3.6M fixture (mmpose layout) converted by `metricpose prepare`, 64 px crops."""
+    root = fixtures_dir / "h36m"
+    assert main(["prepare", "h36m", "--root", str(root), "--annotations",
+                 str(root / "test_h36m_body3d.npz"), "--out", str(out), "--crop-size", "64",
+                 "--no-progress"]) == 0  # fmt: skip
+    return out
+
+
 @pytest.mark.slow
 def test_train_and_evaluate_run_on_the_converted_h36m_fixture(fixtures_dir, tmp_path, capsys):
-    root = fixtures_dir / "h36m"
-    data = tmp_path / "data"
-    assert main(["prepare", "h36m", "--root", str(root), "--annotations",
-                 str(root / "test_h36m_body3d.npz"), "--out", str(data), "--crop-size", "64",
-                 "--no-progress"]) == 0  # fmt: skip
+    data = converted_h36m_fixture(fixtures_dir, tmp_path / "data")
     run = tmp_path / "run"
     assert main(["train", "--config", "baseline", "--data", str(data), "--out", str(run),
                  "--no-progress", "--set", "train.steps=3", "--set", "train.val_every=3",
@@ -597,11 +602,7 @@ def test_the_h36m_paper_recipe_trains_on_the_converted_fixture(fixtures_dir, tmp
     import torch
     import torchvision
 
-    root = fixtures_dir / "h36m"
-    data = tmp_path / "data"
-    assert main(["prepare", "h36m", "--root", str(root), "--annotations",
-                 str(root / "test_h36m_body3d.npz"), "--out", str(data), "--crop-size", "64",
-                 "--no-progress"]) == 0  # fmt: skip
+    data = converted_h36m_fixture(fixtures_dir, tmp_path / "data")
     weights = tmp_path / "resnet18.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18().state_dict(), weights)
