@@ -159,7 +159,7 @@ def read_prvipe_keys(
     ):
         take, source_frames = takes[str(seq)]
         source = int(source_frames[frame]) if source_frames is not None else int(frame)
-        row[(str(pred.subject[i]), take, str(camera), source)] = i
+        row[(str(pred.subject[i]), str(take), str(camera), source)] = i
     grouped: dict[str, list[int]] = {}
     for path in paths:
         lines = Path(path).read_text().splitlines()
