@@ -148,9 +148,10 @@ def orientation_decomposition(pred: np.ndarray, gt: np.ndarray) -> dict[str, flo
     frame_pred = body_frame(torch.as_tensor(pred)).numpy()
     frame_gt = body_frame(torch.as_tensor(gt)).numpy()
     rotation = frame_gt @ np.swapaxes(frame_pred, -1, -2)  # (N, 3, 3) takes pred's frame to gt's
-    cos = (np.trace(rotation, axis1=1, axis2=2) - 1) / 2
     aligned = pred @ np.swapaxes(rotation, -1, -2)
     return {
-        "orientation_error_deg": float(np.median(np.degrees(np.arccos(np.clip(cos, -1, 1))))),
+        "orientation_error_deg": float(
+            np.median(np.degrees(Rotation.from_matrix(rotation).magnitude()))
+        ),
         "body_frame_mpjpe": mpjpe(aligned, gt),
     }

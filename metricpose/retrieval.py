@@ -162,11 +162,10 @@ def read_prvipe_keys(
         row[(str(pred.subject[i]), str(take), str(camera), source)] = i
     grouped: dict[str, list[int]] = {}
     for path in paths:
-        lines = Path(path).read_text().splitlines()
-        for n, line in enumerate(lines, 1):
-            parts = line.strip().split(":")
+        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
             if not line.strip():
                 continue
+            parts = line.strip().split(":")
             if len(parts) != 4 or not parts[3].isdigit():
                 raise InputError(
                     f"{path}:{n}: expected 'subject:action:camera:frame', got {line!r}"
