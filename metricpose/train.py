@@ -77,6 +77,13 @@ class StopOnSignal(Callback):
             signal.signal(number, handler)
         self._previous.clear()
 
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        # fit() puts Lightning's SIGTERM handler in front of ours; it ends fit at its next loop
+        # boundary with SystemExit(0) and no checkpoint at the step. Ours takes the signals back
+        # for the run; Lightning's teardown reinstates what it found (ours), restore() the rest.
+        for number in self._previous:
+            signal.signal(number, self._handle)
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.received is None:
             return

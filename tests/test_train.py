@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -16,10 +17,11 @@ import yaml
 from metricpose.checkpoint import build_model, load_model, safe_load
 from metricpose.config import ConfigError, load_config
 from metricpose.data.dataset import MultiViewDataset
-from metricpose.errors import InputError
+from metricpose.errors import InputError, TrainingInterrupted
 from metricpose.evaluate import predict, score
 from metricpose.train import (
     NonFiniteLossError,
+    StopOnSignal,
     check_resumed_config,
     hold_out_sequences,
     labelled_instants,
@@ -313,11 +315,57 @@ def test_a_signal_ends_training_after_the_step_with_a_checkpoint(
     assert "trained 200 steps" in done.stdout
 
 
+class _SignalAfterBatchEnd(L.Callback):
+    """Sends a signal to this process after StopOnSignal's batch-end check of step `at`."""
+
+    def __init__(self, signal_number: int, at: int) -> None:
+        self.signal_number, self.at = signal_number, at
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.at:
+            signal.raise_signal(self.signal_number)
+
+
+class _Regression(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_index: int) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_the_batch_end_check_still_stops_with_a_checkpoint(tmp_path, signal_number):
+    """A signal landing between StopOnSignal's batch-end check and Lightning's loop boundary:
+    Lightning's own SIGTERM handler would end fit there with SystemExit(0) and no checkpoint
+    (seen in CI as exit 0). StopOnSignal owns the signals during fit, so the next step ends the
+    run with last.ckpt at it."""
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    last = tmp_path / "last.ckpt"
+    stop = StopOnSignal(last)
+    trainer = L.Trainer(
+        max_steps=20, callbacks=[stop, _SignalAfterBatchEnd(signal_number, at=3)], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    stop.install()
+    try:
+        with pytest.raises(TrainingInterrupted) as stopped:
+            trainer.fit(_Regression(), torch.utils.data.DataLoader(data, batch_size=8))
+    finally:
+        stop.restore()
+    assert (stopped.value.signal_number, stopped.value.step) == (signal_number, 4)
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    assert signal.getsignal(signal.SIGTERM) is not stop._handle  # the caller's handlers are back
+
+
 def test_the_interruption_crosses_process_boundaries():
     """The demo trains in a process pool: the exception must unpickle in the parent (a custom
     __init__ alone makes the pool's result thread fail and the demo hang)."""
-    from metricpose.errors import TrainingInterrupted
-
     stop = TrainingInterrupted(signal.SIGTERM, 17, Path("run/checkpoints/last.ckpt"))
     again = pickle.loads(pickle.dumps(stop))
     assert (again.signal_number, again.step, str(again)) == (signal.SIGTERM, 17, str(stop))
