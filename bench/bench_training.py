@@ -16,7 +16,7 @@ from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.sampler import MixedBatchSampler
 from metricpose.models.backbone import ResNetBackbone
 from metricpose.studio.generate import generate, synth_config
-from metricpose.train import PoseModule, StepBatches, collate_keys, labelled_instants
+from metricpose.train import PoseModule, StepBatches, collate_keys, labelled_instants, train
 
 
 def _rate(step, batches: int, images_per_batch: int) -> float:
@@ -101,3 +101,49 @@ def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dic
         bare = _rate(bare_step, batches, 2 * batch_size)
         data = data_rate(sampler, collate, workers)  # from step 0 again: StepBatches restarts
     return {"full": full, "bare": bare, "data": data, "workers": workers}
+
+
+def demo_training_rate(steps: int = 100) -> dict[str, float]:
+    """Images/s the demo's baseline training gets as `metricpose train` runs it (the demo's
+    network, crop size and batch, one torch thread as each of the demo's two lanes, validation
+    inside the run), from the first step to the last; beside it the bare backbone's
+    fwd+bwd+AdamW on the same batch shape. On a small studio rendered like the demo's."""
+    from metricpose.demo import PRESETS as DEMO_PRESETS
+
+    threads = torch.get_num_threads()
+    crop = synth_config(DEMO_PRESETS["default"].studio).res
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "studio"
+            generate(data, synth_config("tiny", res=crop, backdrop="random"), progress=False)
+            config = load_config(
+                "baseline",
+                [
+                    *DEMO_PRESETS["default"].overrides,
+                    f"data.root={data}",
+                    "data.train_subjects=[S1,S5]",
+                    "data.test_subjects=[S9]",
+                    f"train.steps={steps}",
+                    f"train.val_every={steps}",
+                    "train.val_frames=32",  # about the demo's share of validation per step
+                    "train.threads=1",
+                ],
+            )
+            summary = train(config, Path(tmp) / "run", progress=False)
+        batch = 2 * config["batch"]["size"]
+        backbone = ResNetBackbone(config["model"]["backbone"], config["model"]["width"]).to(
+            memory_format=torch.channels_last
+        )
+        optimiser = torch.optim.AdamW(backbone.parameters(), lr=1e-3, fused=True)
+        x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
+
+        def bare_step() -> None:
+            loss = backbone(x).square().mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+
+        bare = _rate(bare_step, 10, batch)
+    finally:
+        torch.set_num_threads(threads)
+    return {"demo": summary["images_per_second"], "bare": bare, "crop": crop}

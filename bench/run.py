@@ -21,7 +21,7 @@ from bench_inference import inference_rates  # noqa: E402
 from bench_memory import training_peak_mb  # noqa: E402
 from bench_retrieval import retrieval_figures  # noqa: E402
 from bench_studio import render_rate  # noqa: E402
-from bench_training import step_ratio  # noqa: E402
+from bench_training import demo_training_rate, step_ratio  # noqa: E402
 
 
 def figure(
@@ -69,6 +69,13 @@ def main() -> None:
         figure(f"data pipeline ({step['workers']} workers) / training step consumption",
                step["data"] / step["full"], "ratio", 2),
         figure("data pipeline throughput", step["data"], "images/s"),
+    ]  # fmt: skip
+    demo = demo_training_rate()
+    figures += [
+        figure(f"demo's baseline training, whole `metricpose train`, {demo['crop']} px, 1 thread",
+               demo["demo"], "images/s"),
+        figure(f"bare backbone fwd+bwd+AdamW, {demo['crop']} px, same batch, 1 thread", demo["bare"], "images/s"),
+        figure("demo's training / bare backbone", demo["demo"] / demo["bare"], "ratio", 0.85),
     ]  # fmt: skip
     modes = cpu_mode_figures()
     figures += [

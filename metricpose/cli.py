@@ -216,8 +216,11 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f"data.root={args.data}")
     config = load_config(args.config, overrides, recipe=args.recipe)
     summary = train(config, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    rate = summary["images_per_second"]
+    rate_text = "" if rate is None else f" ({rate:.0f} images/s from the first to the last step)"
     print(
-        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; model: {summary['model']}"
+        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s"
+        f"{rate_text}; model: {summary['model']}"
     )
 
 

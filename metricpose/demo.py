@@ -261,6 +261,7 @@ def run_demo(
             "heading_probe_deg": heading["median_error_deg"],
             **orientation_decomposition(pred.pose_pred, pred.pose_gt),
             "train_seconds": summary["train_seconds"],
+            "train_images_per_second": summary.get("images_per_second"),  # None: trained before it was measured
             "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},
             "run_dir": str(run["dir"]),
         })  # fmt: skip

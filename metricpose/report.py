@@ -210,7 +210,7 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
             ("retrieval.hit@1", 100, "Hit@1 %"), ("retrieval.hit@10", 100, "Hit@10 %"),
             ("retrieval.top1_same_subject", 100, "top-1 same subj. %"), ("retrieval_cross_subject.hit@10", 100, "x-subj Hit@10 %"),
             ("identity_probe_acc", 100, "identity probe %"), ("heading_probe_deg", 1, "heading probe °"),
-            ("train_seconds", 1, "train s")]  # fmt: skip
+            ("train_seconds", 1, "train s"), ("train_images_per_second", 1, "train img/s")]  # fmt: skip
     groups = {key: _groups(runs, key) for key, _, _ in keys}
     seeds = sorted({r["seed"] for r in runs})
     lines = [

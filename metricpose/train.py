@@ -91,6 +91,33 @@ class StopOnSignal(Callback):
         raise TrainingInterrupted(self.received, trainer.global_step, self.last_checkpoint)
 
 
+class StepClock(Callback):
+    """Training throughput as a run gets it: images per second from the start of its first step
+    to the end of its last, with the data loading, logging and validation between them (the
+    figure that decides how many steps fit into a time budget; bench/README.md)."""
+
+    def __init__(self) -> None:
+        self.began: float | None = None
+        self.ended: float | None = None
+        self.images = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, *args: Any) -> None:
+        if self.began is None:
+            self.began = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        self.images += batch["images"].shape[0] * batch["images"].shape[1]  # instants x views
+        self.ended = time.perf_counter()
+
+    @property
+    def images_per_second(self) -> float | None:
+        if self.began is None or self.ended is None or self.ended <= self.began:
+            return None
+        return self.images / (self.ended - self.began)
+
+
 def labelled_instants(
     dataset: MultiViewDataset, spec: str, train_subjects: list[str], seed: int
 ) -> np.ndarray:
@@ -581,6 +608,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     every = config["train"]["val_every"]
     stop_on_signal = StopOnSignal(last)
+    clock = StepClock()
     callbacks = [
         ModelCheckpoint(  # last.ckpt only, every `every` steps: what --resume continues from
             dirpath=ckpt_dir,
@@ -600,6 +628,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
             auto_insert_metric_name=False,
         ),
         stop_on_signal,
+        clock,
     ]
     trainer = L.Trainer(
         max_steps=config["train"]["steps"],
@@ -634,6 +663,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
     summary = {
         "steps": trainer.global_step,
         "train_seconds": seconds,
+        "images_per_second": clock.images_per_second,  # this attempt's steps (after a resume too)
         "subjects": dataset.subjects,
         "model": str(out / "model.pt"),
     }

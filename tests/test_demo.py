@@ -1,8 +1,10 @@
 """The tiny demo end to end: the CI smoke run of the README's main job."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from metricpose.cli import main
 from metricpose.demo import _add_gap_closed, regime
@@ -29,6 +31,10 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
         assert run["retrieval"]["mean_pa_mpjpe@1"] > 0
         assert 0 <= run["identity_probe_acc"] <= 1 and run["train_seconds"] > 0
         assert 0 <= run["heading_probe_deg"] <= 180
+        # the steps' images over their own span: above their average over the whole training
+        config = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
+        images = config["train"]["steps"] * 2 * config["batch"]["size"]
+        assert run["train_images_per_second"] >= images / run["train_seconds"]
     # The oracle retrieves the same instant from another camera: zero error, every query a hit.
     assert doc["references"]["oracle_3d"]["mean_pa_mpjpe@1"] < 1e-3
     assert doc["references"]["oracle_3d"]["hit@1"] == 1.0

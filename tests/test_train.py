@@ -21,6 +21,7 @@ from metricpose.errors import InputError, TrainingInterrupted
 from metricpose.evaluate import predict, score
 from metricpose.train import (
     NonFiniteLossError,
+    StepClock,
     StopOnSignal,
     check_resumed_config,
     hold_out_sequences,
@@ -361,6 +362,37 @@ def test_a_signal_after_the_batch_end_check_still_stops_with_a_checkpoint(tmp_pa
     assert (stopped.value.signal_number, stopped.value.step) == (signal_number, 4)
     assert torch.load(last, weights_only=False)["global_step"] == 4
     assert signal.getsignal(signal.SIGTERM) is not stop._handle  # the caller's handlers are back
+
+
+class _TwoViewRegression(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        return self.layer(batch["images"]).square().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _HoldEachStep(L.Callback):
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(0.25)
+
+
+def test_the_step_clock_counts_every_view_from_the_first_step_to_the_last():
+    """4 steps of 4 instants x 2 views, each step held 0.25 s: at most 32 images/s, and close
+    to it (counting instants instead of images would halve it)."""
+    items = [{"images": torch.randn(2, 4)} for _ in range(16)]
+    clock = StepClock()
+    trainer = L.Trainer(
+        max_steps=4, callbacks=[_HoldEachStep(), clock], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(_TwoViewRegression(), torch.utils.data.DataLoader(items, batch_size=4))
+    assert clock.images == 32
+    assert 24 < clock.images_per_second <= 32
 
 
 def test_the_interruption_crosses_process_boundaries():
