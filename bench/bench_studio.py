@@ -1,34 +1,29 @@
-"""Studio rendering speed on one core."""
+"""Studio generation speed on one core: the whole `metricpose synth` path."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from metricpose.studio.body import make_subject
-from metricpose.studio.motion import generate_take
-from metricpose.studio.render import CameraBackdrop, Studio, render_take
-from metricpose.studio.rig import default_rig
+from metricpose.studio.generate import generate, synth_config
 
 
-def render_rate(res: int = 64, frames: int = 256) -> float:
-    """Crops per second of one camera's view of a take, one torch thread, backdrop excluded
-    (it is ray-cast once per camera and dataset)."""
+def synth_rate(preset: str = "default", subjects: tuple[str, ...] = ("S1", "S5")) -> dict:
+    """Crops per second of `metricpose synth` for ``preset`` restricted to a few subjects
+    (motion, rendering, writing), one torch thread; and the preset's crop size in px."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    config = synth_config(preset, subjects=list(subjects))
     try:
-        rng = np.random.default_rng(0)
-        subject = make_subject("S1", rng)
-        take = generate_take(subject, "walking", frames, 12.5, rng)
-        camera = default_rig()[0]
-        backdrop = CameraBackdrop(Studio.random(rng), camera)
-        render_take(
-            subject, backdrop, camera, take["joints"][:32], take["rotations"][:32], res, seed=0
-        )  # warm-up
-        began = time.perf_counter()
-        render_take(subject, backdrop, camera, take["joints"], take["rotations"], res, seed=0)
-        return frames / (time.perf_counter() - began)
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(Path(tmp) / "warm-up", synth_config(preset, subjects=["S1"], actions=["walking"], takes=1), progress=False)  # fmt: skip
+            began = time.perf_counter()
+            generate(Path(tmp) / "studio", config, progress=False)
+            seconds = time.perf_counter() - began
     finally:
         torch.set_num_threads(threads)
+    crops = len(subjects) * len(config.actions) * config.takes * config.frames * config.cameras
+    return {"rate": crops / seconds, "res": config.res}

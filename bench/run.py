@@ -20,7 +20,7 @@ from bench_cpu_modes import cpu_mode_figures  # noqa: E402
 from bench_inference import inference_rates  # noqa: E402
 from bench_memory import training_peak_mb  # noqa: E402
 from bench_retrieval import retrieval_figures  # noqa: E402
-from bench_studio import render_rate  # noqa: E402
+from bench_studio import synth_rate  # noqa: E402
 from bench_training import demo_training_rate, step_ratio  # noqa: E402
 
 
@@ -58,8 +58,15 @@ def main() -> None:
     torch.manual_seed(0)
     figures = []
     began = time.perf_counter()
-    rate = render_rate(res=64, frames=256)
-    figures.append(figure("studio rendering, 64 px, 1 thread", rate, "crops/s", 1000))
+    synth = synth_rate()
+    figures.append(
+        figure(
+            f"metricpose synth, default studio ({synth['res']} px), 1 thread",
+            synth["rate"],
+            "crops/s",
+            2000,
+        )
+    )
     step = step_ratio()
     figures += [
         figure("training step (2 views, 3 losses, data loading) / bare backbone fwd+bwd",

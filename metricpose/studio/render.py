@@ -208,45 +208,69 @@ def render_body(
     ra_px = (focal * rw[:, 0] / za).float()[..., None]  # (N, M, 1)
     rb_px = (focal * rw[:, 1] / zb).float()[..., None]
 
-    pix = torch.arange(size, dtype=torch.float32)
-    px = pix[None, :].expand(size, size).reshape(1, 1, -1)  # (1, 1, HW)
-    py = pix[:, None].expand(size, size).reshape(1, 1, -1)
-    ax, ay = a_px[..., 0:1], a_px[..., 1:2]
-    abx, aby = b_px[..., 0:1] - ax, b_px[..., 1:2] - ay
+    n_frames, n_prims = a_px.shape[:2]
+    # Each primitive is tested only on the pixels of its projected bounding box (a limb covers
+    # a few per cent of the crop): the (frame, primitive, pixel) triples are listed sparsely.
+    reach = torch.maximum(ra_px, rb_px)  # (N, M, 1) px
+    lo = (torch.minimum(a_px, b_px) - reach).ceil_().clamp_(0, size)  # (N, M, 2) first x, y
+    hi = (torch.maximum(a_px, b_px) + reach).floor_().clamp_(-1, size - 1)
+    extent = (hi - lo + 1).clamp_(min=0).long()  # (N, M, 2) box width, height
+    counts = (extent[..., 0] * extent[..., 1]).flatten()
+    pair = torch.repeat_interleave(torch.arange(n_frames * n_prims), counts)  # (T,)
+    local = torch.arange(len(pair)) - (torch.cumsum(counts, 0) - counts)[pair]
+    width = extent[..., 0].flatten()[pair]
+    x = lo[..., 0].flatten()[pair] + (local % width)  # (T,) pixel column
+    y = lo[..., 1].flatten()[pair] + (local // width)
+
+    def per_entry(v: torch.Tensor) -> torch.Tensor:
+        """(N, M) or (N, M, 1) per-primitive values -> (T,) per triple."""
+        return v.reshape(-1)[pair]
+
+    ax, ay = per_entry(a_px[..., 0]), per_entry(a_px[..., 1])
+    abx, aby = per_entry(b_px[..., 0]) - ax, per_entry(b_px[..., 1]) - ay
     inv_len2 = 1.0 / (abx * abx + aby * aby).clamp(min=1e-6)
-    # Hot loop over (N, M, HW): in-place ops keep it to a few passes over memory.
-    dx, dy = px - ax, py - ay
+    dx, dy = x - ax, y - ay
     t = torch.addcmul(dx * abx, dy, aby).mul_(inv_len2).clamp_(0.0, 1.0)
     dx.addcmul_(t, abx, value=-1.0)  # offset from the closest axis point, px
     dy.addcmul_(t, aby, value=-1.0)
-    r = torch.addcmul(ra_px, t, rb_px - ra_px)
+    ra = per_entry(ra_px)
+    r = torch.addcmul(ra, t, per_entry(rb_px) - ra)
     bulge = torch.addcmul(dx * dx, dy, dy).div_(r).div_(r).neg_().add_(1.0)  # 1 - d²/r²
-    outside = bulge <= 0
-    bulge.clamp_(min=0.0).sqrt_()
-    za32, zb32 = za.float()[..., None], zb.float()[..., None]
-    rw32 = rw.float()[:, :, None]
-    r_mm = torch.addcmul(rw32[:, 0], t, rw32[:, 1] - rw32[:, 0])
-    depth = (
-        torch.addcmul(za32, t, zb32 - za32).sub_(bulge * r_mm).masked_fill_(outside, float("inf"))
-    )
-    best_depth, best = depth.min(dim=1)  # (N, HW)
-    covered = torch.isfinite(best_depth)
+    inside = (bulge > 0).nonzero()[:, 0]
+    pair, x, y, t, dx, dy, r = (v[inside] for v in (pair, x, y, t, dx, dy, r))
+    bulge = bulge[inside].sqrt_()
+    frame, prim = pair // n_prims, pair % n_prims
+    rw32 = rw.float()
+    r_mm = torch.addcmul(rw32[prim, 0], t, rw32[prim, 1] - rw32[prim, 0])
+    za32, zb32 = za.float().flatten()[pair], zb.float().flatten()[pair]
+    depth = torch.addcmul(za32, t, zb32 - za32).sub_(bulge * r_mm)
 
-    idx = best[:, None]
-    t_w, dx_w, dy_w, r_w, bulge_w = (torch.gather(x, 1, idx)[:, 0] for x in (t, dx, dy, r, bulge))
-    normal = torch.stack([dx_w / r_w, dy_w / r_w, -bulge_w], -1)  # (N, HW, 3) camera frame
+    # Depth test: per pixel the nearest primitive (the lowest index among exact ties).
+    pixel = frame * size * size + y.long() * size + x.long()
+    nearest = torch.full((n_frames * size * size,), float("inf")).scatter_reduce_(
+        0, pixel, depth, "amin"
+    )
+    tied = depth == nearest[pixel]
+    first = torch.full_like(nearest, n_prims, dtype=torch.long).scatter_reduce_(
+        0, pixel[tied], prim[tied], "amin"
+    )
+    won = (tied & (prim == first[pixel])).nonzero()[:, 0]  # (K,) one triple per covered pixel
+    pixel, frame, best, t, dx, dy, r, bulge = (
+        v[won] for v in (pixel, frame, prim, t, dx, dy, r, bulge)
+    )
+
+    normal = torch.stack([dx / r, dy / r, -bulge], -1)  # (K, 3) camera frame
     R = torch.as_tensor(camera.R, dtype=torch.float32)
     light = R @ torch.as_tensor(LIGHT_DIR_WORLD, dtype=torch.float32)
     shade = 0.45 + 0.6 * (normal @ light).clamp(min=0.0)
 
-    base, second, period = (torch.as_tensor(x, dtype=torch.float32) for x in _looks(subject))
-    stripes = (torch.sin(2 * np.pi * period[best] * t_w) > 0).float()[..., None]
+    base, second, period = (torch.as_tensor(v, dtype=torch.float32) for v in _looks(subject))
+    stripes = (torch.sin(2 * np.pi * period[best] * t) > 0).float()[..., None]
     colour = base[best] + stripes * (second[best] - base[best])
 
     # Head: skin on the face, hair on top and at the back, two dark eyes.
-    rot = torch.as_tensor(rotations_cam[:, 9], dtype=torch.float32)  # neck/nose joint frame
-    forward, up = rot[:, None, :, 1], rot[:, None, :, 2]
-    right = rot[:, None, :, 0]
+    rot = torch.as_tensor(rotations_cam[:, 9], dtype=torch.float32)[frame]  # neck/nose frame
+    right, forward, up = rot[..., 0], rot[..., 1], rot[..., 2]
     nf, nu, nr = ((normal * axis).sum(-1) for axis in (forward, up, right))
     is_head = best == _HEAD
     hair = is_head & ((nf < -0.05) | (nu > 0.6))
@@ -255,9 +279,9 @@ def render_body(
     colour = torch.where(hair[..., None], hair_colour, colour)
     colour = torch.where(eyes[..., None], torch.full_like(colour, 25.0), colour)
 
-    body = (colour * shade[..., None]).clamp(0, 255)
-    flat_bg = background.reshape(len(background), -1, 3)
-    return torch.where(covered[..., None], body, flat_bg).reshape(background.shape)
+    image = background.reshape(-1, 3).clone()
+    image[pixel] = (colour * shade[..., None]).clamp(0, 255)
+    return image.reshape(background.shape)
 
 
 def person_boxes(joints_world: np.ndarray, camera: Camera, margin: float = 1.3) -> np.ndarray:
