@@ -31,8 +31,8 @@ from metricpose.config import load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import open_dataset
 from metricpose.errors import InputError
-from metricpose.evaluate import predict, score
-from metricpose.metrics import orientation_decomposition
+from metricpose.evaluate import Predictions, predict, score
+from metricpose.metrics import fuse_views, mpjpe, orientation_decomposition
 from metricpose.probe import heading_probe, identity_probe
 from metricpose.report import CEILING, LABEL_LIMITED_RATIO, summary_table, verdict, write_report
 from metricpose.retrieval import evaluate_retrieval
@@ -82,6 +82,18 @@ PRESETS: dict[str, DemoPreset] = {
         ["train.steps=20000", "train.val_every=2000", "model.width=1.0", "batch.size=64", "data.num_workers=4"],
     ),
 }  # fmt: skip
+
+
+def _fused_views_scores(pred: Predictions) -> dict[str, float]:
+    """The run's predictions averaged over each instant's cameras (metrics.fuse_views): what
+    agreement between views could teach at most; an error all views share stays."""
+    fused = fuse_views(pred.pose_pred, pred.pose_gt, pred.pose_world, pred.instant)
+    return {
+        "fused_views_mpjpe": mpjpe(fused, pred.pose_gt),
+        "fused_views_body_frame_mpjpe": orientation_decomposition(fused, pred.pose_gt)[
+            "body_frame_mpjpe"
+        ],
+    }
 
 
 def _run_name(variant: str, labels: str, seed: int) -> str:
@@ -260,6 +272,7 @@ def run_demo(
             "identity_probe_acc": probe["accuracy"],
             "heading_probe_deg": heading["median_error_deg"],
             **orientation_decomposition(pred.pose_pred, pred.pose_gt),
+            **_fused_views_scores(pred),
             "train_seconds": summary["train_seconds"],
             "train_images_per_second": summary.get("images_per_second"),  # None: trained before it was measured
             "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},

@@ -155,3 +155,27 @@ def orientation_decomposition(pred: np.ndarray, gt: np.ndarray) -> dict[str, flo
         ),
         "body_frame_mpjpe": mpjpe(aligned, gt),
     }
+
+
+def fuse_views(
+    pred: np.ndarray, gt: np.ndarray, world: np.ndarray, instant: np.ndarray
+) -> np.ndarray:
+    """The multi-view mean of a network's own predictions, seen from each camera.
+
+    Each (M, 17, 3) root-relative camera-frame prediction (mm) is rotated into the world frame
+    with its camera's rotation (recovered exactly from the true pose in both frames: ``gt`` in
+    the camera's, ``world`` (M, 17, 3) in the world's), averaged over the predictions sharing
+    its ``instant`` (M,), and rotated back into its camera. Scored against ``gt``, it bounds
+    what agreement between views can teach the network: an error every view makes alike (a
+    wrong body pose) survives the mean; one that depends on the view (depth along the optical
+    axis, heading) averages out. Not a published metric: a diagnostic.
+    """
+    pred, gt = _root_align(*_check(pred, gt))
+    world = world - world[:, ROOT : ROOT + 1]
+    to_camera = [Rotation.align_vectors(g, w)[0] for g, w in zip(gt, world, strict=True)]
+    pred_world = np.stack([r.inv().apply(p) for r, p in zip(to_camera, pred, strict=True)])
+    _, group = np.unique(instant, return_inverse=True)
+    sums = np.zeros((group.max() + 1, *pred.shape[1:]))
+    np.add.at(sums, group, pred_world)
+    mean_world = sums[group] / np.bincount(group)[group, None, None]
+    return np.stack([r.apply(p) for r, p in zip(to_camera, mean_world, strict=True)])

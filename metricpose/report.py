@@ -205,7 +205,7 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
         plot_gallery(gallery, out / "retrieval_gallery.png")
 
     keys = [("mpjpe", 1, "MPJPE"), ("n_mpjpe", 1, "N-MPJPE"), ("pa_mpjpe", 1, "PA-MPJPE"), ("gap_closed", 100, "gap closed %"),
-            ("pck150", 100, "PCK@150 %"), ("orientation_error_deg", 1, "body orient. err °"), ("body_frame_mpjpe", 1, "body-frame MPJPE"),
+            ("pck150", 100, "PCK@150 %"), ("orientation_error_deg", 1, "body orient. err °"), ("body_frame_mpjpe", 1, "body-frame MPJPE"), ("fused_views_mpjpe", 1, "views fused MPJPE"), ("fused_views_body_frame_mpjpe", 1, "views fused body-frame"),
             ("retrieval.mean_pa_mpjpe@1", 1, "retr. PA@1"), ("retrieval.mean_pa_mpjpe@10", 1, "retr. PA@10"),
             ("retrieval.hit@1", 100, "Hit@1 %"), ("retrieval.hit@10", 100, "Hit@10 %"),
             ("retrieval.top1_same_subject", 100, "top-1 same subj. %"), ("retrieval_cross_subject.hit@10", 100, "x-subj Hit@10 %"),

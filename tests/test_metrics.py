@@ -197,3 +197,28 @@ def test_orientation_decomposition_separates_heading_from_body_pose():
     result = metrics.orientation_decomposition(moved, gt)
     assert result["orientation_error_deg"] == pytest.approx(0.0, abs=1e-5)
     assert result["body_frame_mpjpe"] == pytest.approx(10.0)
+
+
+def test_fusing_views_removes_what_differs_between_views_and_keeps_what_they_share():
+    """Two instants seen by four cameras each. Errors that cancel over an instant's views (in
+    the world frame) vanish from the fused pose; an error every view makes alike stays whole;
+    instants are never mixed."""
+    rng = np.random.default_rng(0)
+    world = rng.normal(0, 300, (2, 17, 3))
+    world -= world[:, :1]
+    rotations = Rotation.random(8, random_state=1)
+    instant = np.repeat([0, 1], 4)
+    world_m = world[instant]
+    gt = np.stack([r.apply(w) for r, w in zip(rotations, world_m)])
+    cancelling = rng.normal(0, 40, (8, 17, 3))
+    cancelling[:, 0] = 0  # root-relative
+    for i in (0, 1):
+        cancelling[instant == i] -= cancelling[instant == i].mean(0)
+    pred = np.stack([r.apply(w + e) for r, w, e in zip(rotations, world_m, cancelling)])
+    assert metrics.mpjpe(pred, gt) > 20
+    fused = metrics.fuse_views(pred, gt, world_m + 1000.0, instant)  # world poses not rooted
+    np.testing.assert_allclose(fused, gt, atol=1e-6)
+    shared = rng.normal(0, 40, (2, 17, 3))
+    shared[:, 0] = 0
+    pred = np.stack([r.apply(w + shared[k]) for r, w, k in zip(rotations, world_m, instant)])
+    np.testing.assert_allclose(metrics.fuse_views(pred, gt, world_m, instant), pred, atol=1e-6)
