@@ -13,7 +13,7 @@ import yaml
 
 from metricpose.errors import InputError
 
-PRESETS = ("baseline", "metric", "metric_adv", "metric_calibrated")
+PRESETS = ("baseline", "metric", "metric_adv", "metric_calibrated", "triangulated")
 #: Settings for one dataset's experiment, applied after a preset (``--recipe``).
 RECIPES = ("h36m_paper",)
 #: A recipe's value for options the user must give (e.g. a local weights file).
@@ -149,11 +149,11 @@ def load_config(
     return config
 
 
-def _choice(config: dict[str, Any], key: str, options: tuple[str, ...]) -> None:
+def _choice(config: dict[str, Any], key: str, options: tuple[Any, ...]) -> None:
     section, name = key.split(".")
     if config[section][name] not in options:
         raise ConfigError(
-            f"{key!r} must be one of {', '.join(options)}, got {config[section][name]!r}"
+            f"{key!r} must be one of {', '.join(map(str, options))}, got {config[section][name]!r}"
         )
 
 
@@ -195,6 +195,8 @@ def validate(config: dict[str, Any]) -> None:
         "loss.consistency_weight",
         "loss.calibrated_weight",
         "loss.bone_weight",
+        "loss.triangulation_weight",
+        "loss.triangulation_start_step",
         "loss.margin",
         "train.grad_clip",
         "data.num_workers",
@@ -213,7 +215,18 @@ def validate(config: dict[str, Any]) -> None:
         )
     if not 0.0 <= config["model"]["dropout"] < 1.0:
         raise ConfigError(f"'model.dropout' must be in [0, 1), got {config['model']['dropout']}")
-    for key in ("consistency_weight", "calibrated_weight"):
+    _choice(config, "batch.unlabelled_views", (2, 4))
+    if config["loss"]["triangulation_weight"] > 0:
+        unlabelled = config["batch"]["size"] - round(
+            config["batch"]["labelled_fraction"] * config["batch"]["size"]
+        )
+        if config["batch"]["unlabelled_views"] != 4 or unlabelled <= 0 or unlabelled % 2:
+            raise ConfigError(
+                "'loss.triangulation_weight' triangulates unlabelled instants seen by four cameras: set "
+                "'batch.unlabelled_views=4' and leave an even, non-zero number of unlabelled slots per batch "
+                f"(now {config['batch']['unlabelled_views']} views, {unlabelled} slots)"
+            )
+    for key in ("consistency_weight", "calibrated_weight", "triangulation_weight"):
         if config["augment"]["flip"] and config["loss"][key] > 0:
             raise ConfigError(
                 f"'augment.flip' mirrors the images but not the camera rotations that 'loss.{key}' uses; disable one"

@@ -65,7 +65,7 @@ PRESETS: dict[str, DemoPreset] = {
     # The CI smoke run: seconds per step, numbers meaningless.
     "tiny": DemoPreset(
         "tiny", ["S1"], [0],
-        ["train.steps=30", "train.val_every=15", "batch.size=8", "train.val_frames=16", "model.regressor_width=128"],
+        ["train.steps=30", "train.val_every=15", "batch.size=12", "train.val_frames=16", "model.regressor_width=128"],
         query_stride=2,
     ),
     # The README's main job: ~17 minutes on 2 CPU cores (target 20). The paper's metric loss

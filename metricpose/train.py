@@ -42,6 +42,7 @@ from metricpose.losses import (
     multiview_consistency_loss,
     multiview_metric_loss,
     pose_loss,
+    triangulation_loss,
 )
 from metricpose.models.posenet import body_frame
 from metricpose.skeleton import FLIP_INDEX
@@ -412,6 +413,12 @@ class PoseModule(L.LightningModule):
             )  # fmt: skip
             total = total + cfg["calibrated_weight"] * terms["calibrated"]
             self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=B)
+        if cfg["triangulation_weight"] > 0 and self.global_step >= cfg["triangulation_start_step"]:
+            terms["triangulation"] = triangulation_loss(
+                pose.flatten(0, 1), batch["K"].flatten(0, 1), R.flatten(0, 1),
+                batch["t"].flatten(0, 1) / 1000, batch["index"].repeat_interleave(2), images.shape[1],
+            )  # fmt: skip
+            total = total + cfg["triangulation_weight"] * terms["triangulation"]
         if cfg["bone_weight"] > 0:
             terms["bones"] = bone_length_loss(
                 pose.flatten(0, 1), batch["subject"].repeat_interleave(2)
@@ -578,6 +585,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
         supervised, dataset.subject_index, dataset.num_cameras, config["batch"]["size"],
         config["batch"]["labelled_fraction"], config["train"]["steps"], config["seed"],
         start_step=start_step, rank=rank, world_size=options["devices"] * options["num_nodes"],
+        unlabelled_views=config["batch"]["unlabelled_views"],
     )  # fmt: skip
     workers = data["num_workers"]
     collate = collate_keys(dataset)

@@ -18,7 +18,7 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
     settings = [(r["variant"], r["labels"]) for r in doc["runs"]]
     assert settings == [
         ("baseline", "S1"), ("metric", "S1"), ("metric_adv", "S1"), ("metric_calibrated", "S1"),
-        ("baseline", "all"),
+        ("triangulated", "S1"), ("baseline", "all"),
     ]  # fmt: skip
     by_setting = {s: r["mpjpe"] for s, r in zip(settings, doc["runs"], strict=True)}
     assert doc["regime"]["ratio"] == pytest.approx(

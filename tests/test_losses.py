@@ -1,7 +1,9 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from metricpose.losses import (
     IdentityAdversary,
@@ -13,6 +15,7 @@ from metricpose.losses import (
     negative_mask,
     pose_loss,
     reverse_gradient,
+    triangulation_loss,
 )
 
 
@@ -286,3 +289,49 @@ def test_bone_length_loss_hand_computed():
     # The same two poses as two people: each is rigid on its own.
     loss = bone_length_loss(poses, torch.tensor([0, 1]))
     assert loss.item() == pytest.approx(asymmetry, rel=1e-5)
+
+
+def _four_cameras_around(root_world: np.ndarray, crop_size: int) -> tuple:
+    """Four cameras 4-5 m from ``root_world`` (mm) looking at it, with crop intrinsics whose
+    crop centre is the root's image: R (4, 3, 3), t (4, 3) metres, K (4, 3, 3)."""
+    Rs, ts, Ks = [], [], []
+    for k, yaw in enumerate(np.radians([10, 100, 190, 280])):
+        R = Rotation.from_euler("zx", [yaw, np.radians(-100)]).as_matrix()  # turn, then tilt
+        distance = 4000.0 + 300 * k
+        t = np.array([0.0, 0.0, distance]) - R @ root_world  # root on the optical axis
+        focal = 900.0
+        Ks.append(
+            np.array([[focal, 0, (crop_size - 1) / 2], [0, focal, (crop_size - 1) / 2], [0, 0, 1]])
+        )
+        Rs.append(R)
+        ts.append(t / 1000)
+    return np.stack(Rs), np.stack(ts), np.stack(Ks)
+
+
+def test_the_triangulation_teacher_restores_each_views_lost_depth():
+    """Four views of one person whose predictions are right sideways but wrong in depth (each
+    joint moved along its own camera ray): the teacher is the true pose, the loss is the depth error,
+    the gradient reaches only the predictions; an instant with two views is left out."""
+    rng = np.random.default_rng(0)
+    world = rng.normal(0, 300, (17, 3)) + np.array([500.0, -200.0, 900.0])
+    R, t, K = _four_cameras_around(world[0], crop_size=48)
+    truth = np.stack([(world - world[0]) @ r.T for r in R]) / 1000  # (4, 17, 3) m
+    root_cam = np.stack([r @ world[0] / 1000 + tt for r, tt in zip(R, t, strict=True)])[:, None]
+    along_ray = rng.uniform(0.9, 1.1, (4, 17, 1))  # each view's own depth error, joint by joint
+    along_ray[:, 0] = 1.0
+    stretched = (truth + root_cam) * along_ray - root_cam  # same image directions
+    pose = torch.tensor(
+        np.concatenate([stretched, truth[:2]]), dtype=torch.float32, requires_grad=True
+    )
+    as_tensor = lambda x: torch.tensor(np.concatenate([x, x[:2]]), dtype=torch.float32)  # noqa: E731
+    instant = torch.tensor([7, 7, 7, 7, 3, 3])
+    loss = triangulation_loss(pose, as_tensor(K), as_tensor(R), as_tensor(t), instant, 48)
+    depth_error = np.linalg.norm(stretched - truth, axis=-1).mean()
+    assert loss.item() == pytest.approx(depth_error, rel=1e-3)
+    loss.backward()
+    assert pose.grad[4:].abs().max() == 0  # the two-view instant takes no part
+    exact = torch.tensor(np.concatenate([truth, truth[:2]]), dtype=torch.float32)
+    assert (
+        triangulation_loss(exact, as_tensor(K), as_tensor(R), as_tensor(t), instant, 48).item()
+        < 1e-5
+    )

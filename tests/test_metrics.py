@@ -209,16 +209,20 @@ def test_fusing_views_removes_what_differs_between_views_and_keeps_what_they_sha
     rotations = Rotation.random(8, random_state=1)
     instant = np.repeat([0, 1], 4)
     world_m = world[instant]
-    gt = np.stack([r.apply(w) for r, w in zip(rotations, world_m)])
+    gt = np.stack([r.apply(w) for r, w in zip(rotations, world_m, strict=True)])
     cancelling = rng.normal(0, 40, (8, 17, 3))
     cancelling[:, 0] = 0  # root-relative
     for i in (0, 1):
         cancelling[instant == i] -= cancelling[instant == i].mean(0)
-    pred = np.stack([r.apply(w + e) for r, w, e in zip(rotations, world_m, cancelling)])
+    pred = np.stack(
+        [r.apply(w + e) for r, w, e in zip(rotations, world_m, cancelling, strict=True)]
+    )
     assert metrics.mpjpe(pred, gt) > 20
     fused = metrics.fuse_views(pred, gt, world_m + 1000.0, instant)  # world poses not rooted
     np.testing.assert_allclose(fused, gt, atol=1e-6)
     shared = rng.normal(0, 40, (2, 17, 3))
     shared[:, 0] = 0
-    pred = np.stack([r.apply(w + shared[k]) for r, w, k in zip(rotations, world_m, instant)])
+    pred = np.stack(
+        [r.apply(w + shared[k]) for r, w, k in zip(rotations, world_m, instant, strict=True)]
+    )
     np.testing.assert_allclose(metrics.fuse_views(pred, gt, world_m, instant), pred, atol=1e-6)

@@ -218,6 +218,14 @@ def test_config_validation():
         load_config("metric", ["data.test_subjects=[S1]"])
     with pytest.raises(ConfigError, match="neither a preset"):
         load_config("fancy")
+    with pytest.raises(
+        ConfigError, match="unlabelled_views=4"
+    ):  # two views: nothing to triangulate
+        load_config("triangulated", ["batch.unlabelled_views=2"])
+    with pytest.raises(ConfigError, match="3 slots"):  # an odd slot would be lost silently
+        load_config("triangulated", ["batch.size=8"])
+    with pytest.raises(ConfigError, match="one of 2, 4"):
+        load_config("baseline", ["batch.unlabelled_views=3"])
     assert load_config("metric_adv", ["train.steps=7"])["train"]["steps"] == 7
     assert load_config("metric", ["train.lr=3e-4"])["train"]["lr"] == 3e-4
 
@@ -484,6 +492,33 @@ def test_ddp_two_cpu_processes_share_negatives(tiny_studio, tmp_path):
     pools = {float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]}
     assert pools == {16.0}  # batch.size 8 on each of 2 processes
     assert (tmp_path / "ddp" / "model.pt").exists()
+
+
+def test_four_views_per_unlabelled_instant_stay_together_on_one_process():
+    """batch.unlabelled_views=4: each unlabelled instant fills two slots with two disjoint
+    camera pairs (four distinct cameras), and under DDP both slots go to the same process;
+    the labelled part draws the same instants as with two views."""
+    from metricpose.data.sampler import MixedBatchSampler
+
+    n = 200
+    labelled, subject, cameras = np.arange(n) < 50, np.arange(n) % 4, np.full(n, 4)
+    two = MixedBatchSampler(labelled, subject, cameras, 16, 0.5, 100, 0).batch(7)
+    four = MixedBatchSampler(labelled, subject, cameras, 16, 0.5, 100, 0, unlabelled_views=4).batch(
+        7
+    )
+    assert len(four) == 16 and [k.index for k in four[:8]] == [k.index for k in two[:8]]
+    unlabelled = four[8:]
+    for first, second in zip(unlabelled[0::2], unlabelled[1::2], strict=True):
+        assert first.index == second.index
+        assert sorted(first.views + second.views) == [0, 1, 2, 3]
+    shares = [MixedBatchSampler(labelled, subject, cameras, 8, 0.5, 100, 0, rank=r, world_size=2,
+                                unlabelled_views=4).batch(7) for r in (0, 1)]  # fmt: skip
+    for share in shares:  # 4 labelled slots, then 2 unlabelled instants in adjacent slot pairs
+        assert len(share) == 8
+        assert all(a.index == b.index for a, b in zip(share[4::2], share[5::2], strict=True))
+    assert sorted((k.index, k.views) for k in shares[0] + shares[1]) == sorted(
+        (k.index, k.views) for k in four
+    )
 
 
 def test_same_seed_same_weights(tiny_studio, tmp_path):

@@ -35,6 +35,7 @@ class MixedBatchSampler:
         start_step: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        unlabelled_views: int = 2,
     ) -> None:
         self.labelled_pool = np.flatnonzero(labelled)
         # The metric part needs instants seen by two cameras; single-view sources (the 3DHP test
@@ -46,6 +47,9 @@ class MixedBatchSampler:
         self.num_cameras = num_cameras
         self.batch_size = batch_size
         self.num_labelled = int(round(labelled_fraction * batch_size))
+        if unlabelled_views not in (2, 4):
+            raise ValueError(f"unlabelled_views must be 2 or 4, got {unlabelled_views}")
+        self.unlabelled_views = unlabelled_views
         if self.num_labelled and not len(self.labelled_pool):
             raise InputError("the batch asks for labelled instants but none are labelled")
         if self.num_labelled < batch_size and not self.by_subject:
@@ -67,12 +71,23 @@ class MixedBatchSampler:
             size=self.num_labelled * W,
             replace=len(self.labelled_pool) < self.num_labelled * W,
         )
-        rest = (self.batch_size - self.num_labelled) * W
+        # With four views per unlabelled instant, each takes two batch slots (two camera pairs).
+        rest = (self.batch_size - self.num_labelled) * W // (self.unlabelled_views // 2)
+        unlabelled = np.zeros(0, dtype=int)
         if rest:
             pool = self.by_subject[rng.integers(len(self.by_subject))]
-            chosen = np.concatenate([chosen, rng.choice(pool, size=rest, replace=len(pool) < rest)])
-        keys = []
+            unlabelled = rng.choice(pool, size=rest, replace=len(pool) < rest)
+        groups = []  # the keys of one instant stay together on one process
         for index in chosen:
             views = rng.choice(self.num_cameras[index], size=2, replace=self.num_cameras[index] < 2)
-            keys.append(FrameKey(int(index), (int(views[0]), int(views[1]))))
-        return keys[self.rank :: W]
+            groups.append([FrameKey(int(index), (int(views[0]), int(views[1])))])
+        for index in unlabelled:
+            n = self.unlabelled_views
+            views = rng.choice(self.num_cameras[index], size=n, replace=self.num_cameras[index] < n)
+            groups.append(
+                [
+                    FrameKey(int(index), (int(a), int(b)))
+                    for a, b in zip(views[::2], views[1::2], strict=True)
+                ]
+            )
+        return [key for group in groups[self.rank :: W] for key in group]
