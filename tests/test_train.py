@@ -1,5 +1,6 @@
 """Training on the tiny studio: the presets run, the metric loss learns, resume is exact."""
 
+import csv
 import os
 import pickle
 import signal
@@ -205,6 +206,17 @@ def test_a_failed_training_leaves_no_empty_output_folder(tmp_path):
     with pytest.raises(InputError, match="no-such-dataset"):
         train(config, out, progress=False)
     assert not out.exists()
+
+
+def test_the_triangulated_preset_trains_from_its_start_step(tiny_studio, tmp_path):
+    """The triangulation term joins at loss.triangulation_start_step and not before."""
+    config = config_for(tiny_studio, "triangulated", "batch.size=12", "train.steps=6",
+                        "train.val_every=6", "loss.triangulation_start_step=3")  # fmt: skip
+    train(config, tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    steps = sorted({int(r["step"]) for r in rows if r.get("train/triangulation")})
+    assert steps == [3, 4, 5]
+    assert all(float(r["train/triangulation"]) > 0 for r in rows if r.get("train/triangulation"))
 
 
 def test_config_validation():
