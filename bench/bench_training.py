@@ -70,6 +70,24 @@ def full_method(batch_size: int = 32) -> Iterator[tuple[PoseModule, MixedBatchSa
         yield module, sampler, collate_keys(dataset)
 
 
+def bare_backbone_rate(config: dict, images: int, crop: int, batches: int) -> float:
+    """Images/s of the config's bare backbone: forward, backward and fused AdamW (as training
+    uses) on a random channels_last batch of ``images`` crops of ``crop`` px."""
+    backbone = ResNetBackbone(config["model"]["backbone"], config["model"]["width"]).to(
+        memory_format=torch.channels_last
+    )
+    optimiser = torch.optim.AdamW(backbone.parameters(), lr=1e-3, fused=True)
+    x = torch.randn(images, 3, crop, crop).contiguous(memory_format=torch.channels_last)
+
+    def bare_step() -> None:
+        loss = backbone(x).square().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+    return _rate(bare_step, batches, images)
+
+
 def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dict[str, float]:
     """Full step and bare backbone images/s at the default model size, and the data rate."""
     with full_method(batch_size) as (module, sampler, collate):
@@ -86,19 +104,7 @@ def step_ratio(batch_size: int = 32, batches: int = 10, workers: int = 2) -> dic
 
         full = _rate(full_step, batches, 2 * batch_size)
 
-        backbone = ResNetBackbone(config["model"]["backbone"], config["model"]["width"]).to(
-            memory_format=torch.channels_last
-        )
-        opt2 = torch.optim.AdamW(backbone.parameters(), lr=1e-3, fused=True)  # as training uses
-        x = torch.randn(2 * batch_size, 3, 64, 64).contiguous(memory_format=torch.channels_last)
-
-        def bare_step() -> None:
-            loss = backbone(x).square().mean()
-            opt2.zero_grad()
-            loss.backward()
-            opt2.step()
-
-        bare = _rate(bare_step, batches, 2 * batch_size)
+        bare = bare_backbone_rate(config, 2 * batch_size, 64, batches)
         data = data_rate(sampler, collate, workers)  # from step 0 again: StepBatches restarts
     return {"full": full, "bare": bare, "data": data, "workers": workers}
 
@@ -130,20 +136,7 @@ def demo_training_rate(steps: int = 100) -> dict[str, float]:
                 ],
             )
             summary = train(config, Path(tmp) / "run", progress=False)
-        batch = 2 * config["batch"]["size"]
-        backbone = ResNetBackbone(config["model"]["backbone"], config["model"]["width"]).to(
-            memory_format=torch.channels_last
-        )
-        optimiser = torch.optim.AdamW(backbone.parameters(), lr=1e-3, fused=True)
-        x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-
-        def bare_step() -> None:
-            loss = backbone(x).square().mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-
-        bare = _rate(bare_step, 10, batch)
+        bare = bare_backbone_rate(config, 2 * config["batch"]["size"], crop, 10)
     finally:
         torch.set_num_threads(threads)
     return {"demo": summary["images_per_second"], "bare": bare, "crop": crop}

@@ -314,6 +314,31 @@ def _triangulate(directions: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> 
     return solution[..., :3] / solution[..., 3:]
 
 
+def triangulate_views(
+    pose: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, crop_size: int
+) -> torch.Tensor:
+    """World poses triangulated from the views' predictions of G instants.
+
+    The root is triangulated from the crop centres (the person boxes); each view's prediction
+    is placed at it and reduced to its image directions (its own depth guess dropped), and the
+    joints are triangulated with the calibrated cameras.
+
+    Args:
+        pose: (G, V, 17, 3) root-relative camera-frame predictions, in the unit of t.
+        K: (G, V, 3, 3) crop intrinsics, px; R: (G, V, 3, 3) world -> camera; t: (G, V, 3).
+        crop_size: crop side, px.
+
+    Returns:
+        (G, 17, 3) world joints, in the unit of t.
+    """
+    centre = torch.tensor([(crop_size - 1) / 2, (crop_size - 1) / 2, 1.0], dtype=K.dtype)
+    ray = torch.linalg.solve(K, centre.expand(*K.shape[:2], 3))  # (G, V, 3) camera frame
+    root = _triangulate((ray[..., :2] / ray[..., 2:])[:, :, None], R, t)  # (G, 1, 3)
+    root_cam = (R @ root[:, None, 0, :, None])[..., 0] + t  # (G, V, 3)
+    placed = pose + root_cam[:, :, None]
+    return _triangulate(placed[..., :2] / placed[..., 2:], R, t)
+
+
 def triangulation_loss(
     pose: torch.Tensor,
     K: torch.Tensor,
@@ -349,15 +374,10 @@ def triangulation_loss(
         group_ids = ids[counts == views]
         rows = torch.stack([torch.nonzero(instant == i)[:, 0] for i in group_ids])  # (G, V)
         with torch.no_grad():
-            Rg, tg = R[rows].double(), t[rows].double()
-            centre = torch.tensor(
-                [(crop_size - 1) / 2, (crop_size - 1) / 2, 1.0], dtype=torch.float64
+            Rg = R[rows].double()
+            world = triangulate_views(
+                pose[rows].double(), K[rows].double(), Rg, t[rows].double(), crop_size
             )
-            ray = torch.linalg.solve(K[rows].double(), centre.expand(*rows.shape, 3))  # (G, V, 3)
-            root = _triangulate((ray[..., :2] / ray[..., 2:])[:, :, None], Rg, tg)  # (G, 1, 3)
-            root_cam = (Rg @ root[:, None, 0, :, None])[..., 0] + tg  # (G, V, 3)
-            placed = pose[rows].double() + root_cam[:, :, None]
-            world = _triangulate(placed[..., :2] / placed[..., 2:], Rg, tg)  # (G, 17, 3)
             relative = world - world[:, ROOT : ROOT + 1]
             teacher = (relative[:, None] @ Rg.transpose(-1, -2)).to(pose.dtype)  # (G, V, 17, 3)
         loss = loss + torch.linalg.norm(pose[rows] - teacher, dim=-1).mean(-1).sum()

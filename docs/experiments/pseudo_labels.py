@@ -22,7 +22,7 @@ import torch
 from metricpose.cameras import crop_intrinsics
 from metricpose.checkpoint import load_model
 from metricpose.data.format import open_dataset
-from metricpose.losses import _triangulate
+from metricpose.losses import triangulate_views
 from metricpose.skeleton import BONES
 
 
@@ -43,15 +43,9 @@ def triangulated_poses(model: torch.nn.Module, seq) -> np.ndarray:
     t = torch.tensor(np.stack([np.asarray(c.t).reshape(3) for c in cams]))[:, None].expand(
         -1, T, -1
     )
-    centre = torch.tensor([(size - 1) / 2, (size - 1) / 2, 1.0], dtype=torch.float64)
-    ray = torch.linalg.solve(K, centre.expand(*K.shape[:2], 3))  # (V, T, 3)
     Rg, tg = R.transpose(0, 1), t.transpose(0, 1)  # (T, V, ...)
-    root = _triangulate(
-        (ray[..., :2] / ray[..., 2:]).transpose(0, 1)[:, :, None], Rg, tg
-    )  # (T, 1, 3)
-    root_cam = (Rg @ root[:, None, 0, :, None])[..., 0] + tg  # (T, V, 3)
-    placed = pose.transpose(0, 1) + root_cam[:, :, None]
-    world = _triangulate(placed[..., :2] / placed[..., 2:], Rg, tg)  # (T, 17, 3)
+    world = triangulate_views(pose.transpose(0, 1), K.transpose(0, 1), Rg, tg, size)  # (T, 17, 3)
+    root = world[:, :1]  # predictions are root-relative: this is the root from the box centres
     # Where the rays nearly miss each other the linear solution can fly off (0.4% of the
     # demo's frames have a bone over 1 m): there the views' average stands in.
     averaged = (pose.transpose(0, 1) @ Rg).mean(1) + root  # rows: (Rᵀ x)ᵀ = xᵀ R
