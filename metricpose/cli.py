@@ -237,6 +237,21 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _pseudo_label(args: argparse.Namespace) -> None:
+    from metricpose.pseudo_labels import write_pseudo_labels
+
+    subjects = args.subjects.split(",") if args.subjects else None
+    index = write_pseudo_labels(Path(args.checkpoint), Path(args.data), Path(args.out), subjects)
+    fallback = sum(len(s["fallback_frames"]) for s in index["sequences"].values())
+    frames = sum(s["frames"] for s in index["sequences"].values())
+    print(
+        f"pseudo-labelled {len(index['sequences'])} sequences, {frames} instants "
+        f"({fallback} from the views' average where triangulation flew off): {args.out}\n"
+        f"train a student: metricpose train --config pseudo_labelled --data {args.data} "
+        f"--set data.pseudo_labels={args.out}"
+    )
+
+
 def _retrieval(args: argparse.Namespace) -> None:
     import json
 
@@ -386,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=1, help="evaluate every N-th instant")
     p.add_argument("--out", help="also write the scores as JSON")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "pseudo-label",
+        help="3D pseudo-labels for unlabelled multi-view video: a model's views, triangulated",
+    )
+    p.add_argument("--checkpoint", required=True, help="the teacher: model.pt or a training .ckpt")
+    p.add_argument("--data", required=True, help="dataset folder with calibrated cameras")
+    p.add_argument("--out", required=True, help="folder for the pseudo-labels (data.pseudo_labels)")
+    p.add_argument(
+        "--subjects", help="comma-separated subjects (default: the teacher's training subjects)"
+    )
+    p.set_defaults(func=_pseudo_label)
 
     p = sub.add_parser("retrieval", help="view-invariant pose retrieval benchmark of a checkpoint")
     p.add_argument("--checkpoint", required=True)

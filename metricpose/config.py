@@ -13,7 +13,14 @@ import yaml
 
 from metricpose.errors import InputError
 
-PRESETS = ("baseline", "metric", "metric_adv", "metric_calibrated", "triangulated")
+PRESETS = (
+    "baseline",
+    "metric",
+    "metric_adv",
+    "metric_calibrated",
+    "triangulated",
+    "pseudo_labelled",
+)
 #: Settings for one dataset's experiment, applied after a preset (``--recipe``).
 RECIPES = ("h36m_paper",)
 #: A recipe's value for options the user must give (e.g. a local weights file).
@@ -232,6 +239,10 @@ def validate(config: dict[str, Any]) -> None:
                 f"'augment.flip' mirrors the images but not the camera rotations that 'loss.{key}' uses; disable one"
             )
     _positive(config, "loss.calibrated_temperature_mm")
+    if not 0.0 < config["data"]["pseudo_labels_keep"] <= 1.0:
+        raise ConfigError(
+            f"'data.pseudo_labels_keep' must be in (0, 1], got {config['data']['pseudo_labels_keep']!r}"
+        )
     overlap = set(config["data"]["train_subjects"]) & set(config["data"]["test_subjects"])
     if overlap:
         raise ConfigError(f"'data.test_subjects' overlaps the training subjects: {sorted(overlap)}")

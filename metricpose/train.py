@@ -45,6 +45,7 @@ from metricpose.losses import (
     triangulation_loss,
 )
 from metricpose.models.posenet import body_frame
+from metricpose.pseudo_labels import apply_pseudo_labels
 from metricpose.skeleton import FLIP_INDEX
 
 
@@ -139,6 +140,21 @@ def labelled_instants(
         if len(idx):
             chosen[rng.choice(idx, size=max(1, int(round(value * len(idx)))), replace=False)] = True
     return chosen
+
+
+def supervised_instants(
+    dataset: MultiViewDataset, data: dict[str, Any], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) bool instants whose 3D label training uses — the true labels ``data.labels``
+    grants, less the validation takes, plus the instants ``data.pseudo_labels`` labels — and
+    the validation instants (whole held-out takes with true labels)."""
+    labelled = labelled_instants(dataset, data["labels"], data["train_subjects"], seed)
+    supervised, val_pool = hold_out_sequences(dataset, labelled, seed)
+    if data["pseudo_labels"]:
+        supervised |= apply_pseudo_labels(
+            dataset, Path(data["pseudo_labels"]), labelled, data["pseudo_labels_keep"]
+        )
+    return supervised, val_pool
 
 
 #: Bytes a training step holds per input float (saved activations and their gradients of the
@@ -544,8 +560,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
         data["root"], subjects=data["train_subjects"], frame_stride=data["frame_stride"]
     )
     check_batch_memory(config["batch"]["size"], dataset.sequences[0].meta.crop_size)
-    labelled = labelled_instants(dataset, data["labels"], data["train_subjects"], config["seed"])
-    supervised, val_pool = hold_out_sequences(dataset, labelled, config["seed"])
+    supervised, val_pool = supervised_instants(dataset, data, config["seed"])
     if not supervised.any():
         raise InputError(
             f"{data['root']}: no labelled training instants for data.labels={data['labels']!r}"

@@ -18,8 +18,13 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
     settings = [(r["variant"], r["labels"]) for r in doc["runs"]]
     assert settings == [
         ("baseline", "S1"), ("metric", "S1"), ("metric_adv", "S1"), ("metric_calibrated", "S1"),
-        ("triangulated", "S1"), ("baseline", "all"),
+        ("triangulated", "S1"), ("pseudo_labelled", "S1"), ("baseline", "all"),
     ]  # fmt: skip
+    # The student learned from its teacher's triangulated views: every training subject's
+    # sequences are labelled, the test subjects' are not.
+    labels = json.loads((out / "pseudo_labels" / "baseline__S1__seed0" / "pseudo_labels.json").read_text())
+    assert labels["teacher"] == str((out / "runs" / "baseline__S1__seed0" / "model.pt").resolve())
+    assert {name.split("_")[0] for name in labels["sequences"]} == set(doc["train_subjects"])
     by_setting = {s: r["mpjpe"] for s, r in zip(settings, doc["runs"], strict=True)}
     assert doc["regime"]["ratio"] == pytest.approx(
         by_setting["baseline", "all"] / by_setting["baseline", "S1"]

@@ -276,6 +276,12 @@ class Sequence:
         """True when every frame has all 17 joints (sources lacking joints count as unlabelled)."""
         return self.poses_3d is not None and not self.missing_joints
 
+    def replace_poses(self, poses_3d: np.ndarray) -> None:
+        """Label every frame with other (T, 17, 3) world poses, mm, in memory only (the files
+        stay as they are): pseudo-labels (metricpose.pseudo_labels)."""
+        self.poses_3d = poses_3d
+        self.missing_joints = []
+
     def poses_camera(self, frame: int, views: tuple[int, ...] | None = None) -> np.ndarray:
         """(V, 17, 3) root-relative pose of one frame in the chosen cameras' frames, mm."""
         world = self.poses_3d[frame].astype(np.float64)

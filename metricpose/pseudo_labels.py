@@ -1,0 +1,195 @@
+"""Pseudo-labels from a fixed teacher (``metricpose pseudo-label``, ``data.pseudo_labels``).
+
+A trained model predicts every camera of the unlabelled multi-view video; its predictions are
+triangulated across the calibrated cameras (each view placed at the root triangulated from the
+person boxes' centres and reduced to its image directions, ``losses.triangulate_views``) and
+the result serves as 3D labels for a student. Unlike the online triangulation term, a fixed
+teacher cannot make its views agree by distorting the body. On the demo studio a student of
+the S1 baseline is 10% better than its teacher (docs/design.md, sixth and seventh rounds).
+
+Folder format (written by ``write_pseudo_labels``, read by ``apply_pseudo_labels``)::
+
+    LABELS/pseudo_labels.json   teacher checkpoint, dataset, method, and per sequence folder
+                                name its frame count and the frames where the views' average
+                                stood in for a triangulation that flew off
+    LABELS/<sequence>.npy       (T, 17, 3) float32 world poses, mm, Human3.6M joint order
+
+True labels the protocol grants always win over pseudo-labels; test subjects are never touched
+(the student is evaluated on a dataset opened without pseudo-labels).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metricpose.cameras import crop_intrinsics
+from metricpose.checkpoint import atomic_write_bytes, load_model
+from metricpose.data.dataset import MultiViewDataset
+from metricpose.data.format import DatasetError, Sequence, open_dataset
+from metricpose.errors import InputError
+from metricpose.losses import triangulate_views
+from metricpose.skeleton import BONES
+
+INDEX_FILE = "pseudo_labels.json"
+#: A triangulated bone longer than this (mm) means the rays nearly missed each other and the
+#: linear solution flew off (0.4% of the demo's frames): the views' average stands in there.
+_WILD_BONE_MM = 1000.0
+
+
+def triangulated_poses(
+    model: torch.nn.Module, seq: Sequence, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's predictions of every camera of ``seq`` triangulated into world poses.
+
+    Returns:
+        (T, 17, 3) float64 world poses, mm; (T,) the views' disagreement: mean distance in
+        crop px between each view's placed prediction and the triangulated joints, both
+        projected into that view (inf where the views' average stood in); (T,) bool, True
+        where the views' average stood in.
+    """
+    cams, size, T = seq.cameras, seq.meta.crop_size, seq.meta.num_frames
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        pose = torch.stack([  # (V, T, 17, 3) root-relative camera frame, mm
+            torch.cat([
+                model(torch.from_numpy(np.array(seq.frames(c.name)[s : s + batch_size])).to(device))["pose_cam"].cpu()
+                for s in range(0, T, batch_size)
+            ]).double()
+            for c in cams
+        ]).transpose(0, 1)  # fmt: skip
+    K = torch.tensor(
+        np.stack([crop_intrinsics(c.K, seq.boxes[v], size) for v, c in enumerate(cams)])
+    ).transpose(0, 1)  # (T, V, 3, 3)
+    R = torch.tensor(np.stack([c.R for c in cams]))[None].expand(T, -1, -1, -1)
+    t = torch.tensor(np.stack([np.asarray(c.t).reshape(3) for c in cams]))[None].expand(T, -1, -1)
+    world = triangulate_views(pose, K, R, t, size)  # (T, 17, 3)
+    residual = _reprojection_px(world, pose, K, R, t)
+    averaged = (pose @ R).mean(1) + world[:, :1]  # rows: (Rᵀ x)ᵀ = xᵀ R; the boxes' root
+    bones = torch.stack([torch.linalg.norm(world[:, a] - world[:, b], dim=-1) for a, b in BONES], 1)
+    wild = ~torch.isfinite(world).all(-1).all(-1) | (bones.max(1).values > _WILD_BONE_MM)
+    world[wild] = averaged[wild]
+    residual[wild] = torch.inf
+    return world.numpy(), residual.numpy(), wild.numpy()
+
+
+def _reprojection_px(
+    world: torch.Tensor, pose: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """(T,) mean px distance, over views and joints, between the triangulated joints
+    ``world`` (T, 17, 3) and the views' predictions ``pose`` (T, V, 17, 3) placed at its root,
+    both projected into each view's crop."""
+    seen = (R[:, :, None] @ world[:, None, ..., None])[..., 0] + t[:, :, None]  # (T, V, 17, 3)
+    placed = pose + seen[:, :, :1]
+    project = lambda x: (K[:, :, None] @ (x / x[..., 2:])[..., None])[..., :2, 0]  # noqa: E731
+    return torch.linalg.norm(project(seen) - project(placed), dim=-1).mean((1, 2))
+
+
+def write_pseudo_labels(
+    checkpoint: Path, data: Path, out: Path, subjects: list[str] | None = None
+) -> dict[str, Any]:
+    """Label every sequence of ``subjects`` (default: the teacher's training subjects) seen by
+    two cameras or more. Finished sequences are kept, so an interrupted run continues.
+
+    Returns the index written to ``out / pseudo_labels.json``.
+    """
+    model, config = load_model(checkpoint)
+    model.eval()
+    subjects = subjects or list(config["data"]["train_subjects"])
+    sequences = [s for s in open_dataset(data, subjects) if s.has_frames]
+    if not sequences:
+        raise InputError(f"{data}: no sequence with frames for subjects {subjects}")
+    out = Path(out)
+    index_path = out / INDEX_FILE
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    if index and index.get("teacher") != str(Path(checkpoint).resolve()):
+        raise InputError(
+            f"{out}: holds pseudo-labels of another teacher ({index.get('teacher')}); "
+            "choose an empty folder"
+        )
+    index = {
+        "teacher": str(Path(checkpoint).resolve()),
+        "data": str(Path(data).resolve()),
+        "method": "the teacher's views triangulated (losses.triangulate_views)",
+        "units": "world mm",
+        "sequences": index.get("sequences", {}),
+    }
+    for seq in sequences:
+        name = seq.folder.name
+        if len(seq.cameras) < 2 or name in index["sequences"]:
+            continue
+        poses, residual, fallback = triangulated_poses(model, seq)
+        buffer = io.BytesIO()
+        np.save(buffer, poses.astype(np.float32))
+        atomic_write_bytes(out / f"{name}.npy", buffer.getvalue())
+        index["sequences"][name] = {
+            "frames": int(seq.meta.num_frames),
+            "fallback_frames": np.flatnonzero(fallback).tolist(),
+            "residual_px": [round(float(r), 3) if np.isfinite(r) else None for r in residual],
+        }
+        atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+    if not index["sequences"]:
+        raise InputError(f"{data}: no sequence of {subjects} has two cameras to triangulate")
+    atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+    return index
+
+
+def apply_pseudo_labels(
+    dataset: MultiViewDataset, folder: Path, granted: np.ndarray, keep: float = 1.0
+) -> np.ndarray:
+    """Give the dataset's instants without granted true labels their pseudo-labels.
+
+    Each listed sequence's poses are replaced in memory by the pseudo-labels, except at the
+    granted instants, which keep their truth; sequences without pseudo-labels are left as
+    they are.
+
+    Args:
+        granted: (N,) bool, instants whose true labels the protocol lets training use.
+        keep: share (0-1] of the candidate instants that get a pseudo-label, those whose
+            views agree best (lowest reprojection residual); the rest stay unlabelled.
+
+    Returns:
+        (N,) bool, the instants that now carry a pseudo-label.
+    """
+    folder = Path(folder)
+    index_path = folder / INDEX_FILE
+    if not index_path.exists():
+        raise DatasetError(f"{index_path}: missing (write it with metricpose pseudo-label)")
+    listed = json.loads(index_path.read_text())["sequences"]
+    pseudo = np.zeros(len(dataset), dtype=bool)
+    residual = np.full(len(dataset), np.inf)
+    for i, seq in enumerate(dataset.sequences):
+        name = seq.folder.name
+        if name not in listed:
+            continue
+        path = folder / f"{name}.npy"
+        T = seq.meta.num_frames
+        try:
+            poses = np.load(path).astype(np.float64)
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: cannot read pseudo-labels ({exc})") from None
+        if poses.shape != (T, 17, 3):
+            raise DatasetError(
+                f"{path}: expected shape {(T, 17, 3)} (the sequence's frames, 17, 3), "
+                f"got {poses.shape}"
+            )
+        if not np.isfinite(poses).all():
+            raise DatasetError(f"{path}: contains NaN or Inf")
+        rows = np.flatnonzero(dataset.seq_index == i)
+        keep_truth = dataset.frame_index[rows[granted[rows]]]
+        if len(keep_truth):
+            poses[keep_truth] = seq.poses_3d[keep_truth]
+        seq.replace_poses(poses)
+        pseudo[rows[~granted[rows]]] = True
+        per_frame = np.array([np.inf if r is None else r for r in listed[name]["residual_px"]])
+        residual[rows] = per_frame[dataset.frame_index[rows]]
+    if keep < 1.0 and pseudo.any():
+        order = np.flatnonzero(pseudo)[np.argsort(residual[pseudo], kind="stable")]
+        pseudo[order[int(round(keep * len(order))) :]] = False
+    dataset.labelled |= pseudo
+    return pseudo

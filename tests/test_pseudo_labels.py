@@ -1,0 +1,231 @@
+"""Pseudo-labels from a fixed teacher: triangulation, the labels folder, and how training uses
+them (true labels win; only instants without granted truth are pseudo-labelled)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from metricpose import pseudo_labels
+from metricpose.cli import main
+from metricpose.config import ConfigError, load_config
+from metricpose.data.dataset import MultiViewDataset
+from metricpose.data.format import DatasetError, open_dataset
+from metricpose.errors import InputError
+from metricpose.pseudo_labels import INDEX_FILE, triangulated_poses, write_pseudo_labels
+from metricpose.train import supervised_instants
+
+
+class Oracle(torch.nn.Module):
+    """Predicts every crop of a dataset perfectly: its true root-relative camera-frame pose."""
+
+    def __init__(self, data) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.table = {}
+        for seq in open_dataset(data):
+            for v, cam in enumerate(seq.cameras):
+                frames = seq.frames(cam.name)
+                for t in range(seq.meta.num_frames):
+                    self.table[frames[t].tobytes()] = seq.poses_camera(t, (v,))[0]
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        poses = [self.table[image.numpy().tobytes()] for image in images]
+        return {"pose_cam": torch.tensor(np.stack(poses), dtype=torch.float32)}
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_studio):
+    return Oracle(tiny_studio)
+
+
+@pytest.fixture()
+def teacher(oracle, monkeypatch, tmp_path):
+    """A teacher checkpoint path whose model is the oracle, trained on S1 and S5."""
+    config = {"data": {"train_subjects": ["S1", "S5"]}}
+    monkeypatch.setattr(pseudo_labels, "load_model", lambda path: (oracle, config))
+    return tmp_path / "teacher" / "model.pt"
+
+
+def test_perfect_views_triangulate_to_the_true_pose(tiny_studio, oracle):
+    """Placing every view at the root triangulated from the boxes shifts all views by the same
+    world vector, so perfect predictions give the true pose exactly, whatever the box."""
+    seq = next(s for s in open_dataset(tiny_studio) if s.meta.subject == "S5")
+    world, residual, fallback = triangulated_poses(oracle, seq)
+    truth = seq.poses_3d - seq.poses_3d[:, :1]
+    assert np.abs((world - world[:, :1]) - truth).max() < 1e-3  # mm; float32 predictions
+    assert not fallback.any() and residual.max() < 1e-3  # px: the views agree
+    assert np.linalg.norm(world[:, 0] - seq.poses_3d[:, 0], axis=-1).max() > 1.0  # the box root
+
+
+def test_views_that_disagree_have_a_residual(tiny_studio, oracle):
+    """One view's prediction off by 100 mm sideways at every joint but the root: the
+    reprojection residual grows from ~0 to several px, the same in every frame's scale."""
+    seq = next(s for s in open_dataset(tiny_studio) if s.meta.subject == "S5")
+
+    class OneViewOff(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor, self.calls = torch.nn.Parameter(torch.zeros(1)), 0
+
+        def forward(self, images):
+            out = oracle(images)["pose_cam"]
+            self.calls += 1
+            if self.calls == 1:  # the first camera's (one batch holds all 16 frames)
+                out[:, 1:, 0] += 100.0
+            return {"pose_cam": out}
+
+    _, residual, _ = triangulated_poses(OneViewOff(), seq)
+    assert (residual > 0.5).all()
+
+
+def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
+    tiny_studio, teacher, tmp_path, capsys
+):
+    out = tmp_path / "labels"
+    args = [
+        "pseudo-label",
+        "--checkpoint",
+        str(teacher),
+        "--data",
+        str(tiny_studio),
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    index = json.loads((out / INDEX_FILE).read_text())
+    expected = {s.name for s in open_dataset(tiny_studio, ["S1", "S5"])}
+    assert set(index["sequences"]) == expected  # S9 (a test subject) is left alone
+    assert {p.stem for p in out.glob("*.npy")} == expected
+    assert index["teacher"] == str(teacher.resolve())
+    assert "data.pseudo_labels=" in capsys.readouterr().out
+    # A second call keeps the finished sequences; another teacher is refused.
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")} == written
+    with pytest.raises(InputError, match="another teacher"):
+        write_pseudo_labels(tmp_path / "other.pt", tiny_studio, out)
+
+
+def _shifted_labels(data, folder, teacher, shift_mm=(500.0, 0.0, 0.0)):
+    """Pseudo-labels that differ from the truth by a known world shift of every joint but the
+    root, so that a pseudo-labelled pose is told apart from a true one."""
+    write_pseudo_labels(teacher, data, folder)
+    shift = np.zeros((17, 3), dtype=np.float32)
+    shift[1:] = shift_mm
+    for path in folder.glob("*.npy"):
+        np.save(path, np.load(path) + shift)
+    return shift
+
+
+def test_training_uses_pseudo_labels_only_where_no_truth_is_granted(tiny_studio, teacher, tmp_path):
+    folder = tmp_path / "labels"
+    shift = _shifted_labels(tiny_studio, folder, teacher)
+    data = {
+        "labels": "S1",
+        "train_subjects": ["S1", "S5"],
+        "pseudo_labels": None,
+        "pseudo_labels_keep": 1.0,
+    }
+    plain = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    supervised_plain, val_plain = supervised_instants(plain, data, seed=0)
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    supervised, val = supervised_instants(ds, dict(data, pseudo_labels=str(folder)), seed=0)
+    subject = np.array(ds.subjects)[ds.subject_index]
+    # S5 joins the supervised instants; S1's and the validation takes are unchanged.
+    assert np.array_equal(supervised, supervised_plain | (subject == "S5"))
+    assert np.array_equal(val, val_plain)
+    for i in (np.flatnonzero(subject == "S5")[3], np.flatnonzero(supervised_plain)[0], val[0]):
+        truth = plain[int(i)]
+        item = ds[int(i)]
+        gap = (item["pose_world"] - truth["pose_world"]).numpy()
+        assert item["labelled"]
+        # pseudo-labelled: the known shift (up to the box root); granted truth: exact
+        if subject[i] == "S5":
+            rel = gap - gap[:1]
+            assert np.abs(rel - (shift - shift[:1])).max() < 1e-2
+        else:
+            assert np.abs(gap).max() == 0.0
+
+
+def test_with_a_share_of_labels_the_granted_frames_keep_their_truth(tiny_studio, teacher, tmp_path):
+    folder = tmp_path / "labels"
+    _shifted_labels(tiny_studio, folder, teacher)
+    data = {
+        "labels": "fraction:0.25",
+        "train_subjects": ["S1", "S5"],
+        "pseudo_labels": None,
+        "pseudo_labels_keep": 1.0,
+    }
+    plain = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    granted, _ = supervised_instants(plain, data, seed=0)
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    supervised, val = supervised_instants(ds, dict(data, pseudo_labels=str(folder)), seed=0)
+    assert supervised[granted].all() and (supervised | np.isin(np.arange(len(ds)), val)).all()
+    for i in np.flatnonzero(granted)[:5]:
+        assert torch.equal(ds[int(i)]["pose_world"], plain[int(i)]["pose_world"])
+    pseudo = np.flatnonzero(~granted & ~np.isin(np.arange(len(ds)), val))[0]
+    assert not torch.allclose(ds[int(pseudo)]["pose_world"], plain[int(pseudo)]["pose_world"])
+
+
+def test_a_share_keeps_the_instants_whose_views_agree_best(tiny_studio, teacher, tmp_path):
+    folder = tmp_path / "labels"
+    write_pseudo_labels(teacher, tiny_studio, folder)
+    index = json.loads((folder / INDEX_FILE).read_text())
+    rng = np.random.default_rng(0)
+    for entry in index["sequences"].values():
+        entry["residual_px"] = rng.uniform(0, 10, entry["frames"]).round(3).tolist()
+    entry["residual_px"][0] = None  # the views' average stood in: dropped first
+    (folder / INDEX_FILE).write_text(json.dumps(index))
+    data = {"labels": "S1", "train_subjects": ["S1", "S5"], "pseudo_labels": str(folder)}
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    everyone, _ = supervised_instants(ds, dict(data, pseudo_labels_keep=1.0), seed=0)
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+    half, _ = supervised_instants(ds, dict(data, pseudo_labels_keep=0.5), seed=0)
+    subject = np.array(ds.subjects)[ds.subject_index]
+    candidates = np.flatnonzero(subject == "S5")
+    residual = np.array([
+        index["sequences"][ds.sequences[ds.seq_index[i]].name]["residual_px"][ds.frame_index[i]]
+        for i in candidates
+    ], dtype=float)  # fmt: skip
+    residual[np.isnan(residual)] = np.inf
+    kept = candidates[half[candidates]]
+    assert len(kept) == len(candidates) // 2 and everyone[candidates].all()
+    assert residual[half[candidates]].max() <= residual[~half[candidates]].min()
+    assert np.array_equal(half[subject == "S1"], everyone[subject == "S1"])
+
+
+def test_bad_pseudo_label_folders_are_named(tiny_studio, teacher, tmp_path):
+    data = {"labels": "S1", "train_subjects": ["S1", "S5"], "pseudo_labels_keep": 1.0}
+    folder = tmp_path / "labels"
+
+    def use(folder):
+        ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
+        supervised_instants(ds, dict(data, pseudo_labels=str(folder)), seed=0)
+
+    with pytest.raises(DatasetError, match=f"{folder / INDEX_FILE}: missing"):
+        use(folder)
+    write_pseudo_labels(teacher, tiny_studio, folder)
+    path = sorted(folder.glob("S5*.npy"))[0]
+    good = np.load(path)
+    np.save(path, good[:-1])
+    with pytest.raises(DatasetError, match=f"{path}: expected shape"):
+        use(folder)
+    bad = good.copy()
+    bad[2, 5, 1] = np.nan
+    np.save(path, bad)
+    with pytest.raises(DatasetError, match=f"{path}: contains NaN"):
+        use(folder)
+    path.write_bytes(b"not an array")
+    with pytest.raises(DatasetError, match=f"{path}: cannot read pseudo-labels"):
+        use(folder)
+
+
+def test_the_pseudo_labelled_preset_needs_its_labels_folder():
+    with pytest.raises(ConfigError, match="data.pseudo_labels must be given"):
+        load_config("pseudo_labelled")
+    config = load_config("pseudo_labelled", ["data.pseudo_labels=labels"])
+    assert config["loss"]["metric_weight"] == 0.0 and config["batch"]["labelled_fraction"] == 1.0
+    with pytest.raises(ConfigError, match="pseudo_labels_keep"):
+        load_config("pseudo_labelled", ["data.pseudo_labels=labels", "data.pseudo_labels_keep=0"])
