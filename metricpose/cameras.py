@@ -22,11 +22,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metricpose.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading data starts quickly
+    import torch
 
 DIST_MODELS = ("opencv", "h36m")
 
@@ -333,3 +336,50 @@ def load_cameras_json(path: Path | str) -> list[Camera]:
     if len({c.name for c in cameras}) != len(cameras):
         raise InputError(f"{path}: camera names must be unique")
     return cameras
+
+
+def triangulate_points(directions: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Linear (DLT) triangulation of J points seen by V cameras, for G groups (torch).
+
+    Args:
+        directions: (G, V, J, 2) normalised image coordinates (x/z, y/z in each camera).
+        R, t: (G, V, 3, 3) and (G, V, 3) world -> camera, x_cam = R x_world + t.
+
+    Returns:
+        (G, J, 3) world points, in the unit of t.
+    """
+    import torch
+
+    P = torch.cat([R, t[..., None]], -1)[:, :, None]  # (G, V, 1, 3, 4)
+    rows = directions[..., None] * P[..., 2:3, :] - P[..., :2, :]  # (G, V, J, 2, 4)
+    A = rows.permute(0, 2, 1, 3, 4).flatten(2, 3)  # (G, J, 2V, 4)
+    solution = torch.linalg.svd(A).Vh[..., -1, :]  # (G, J, 4)
+    return solution[..., :3] / solution[..., 3:]
+
+
+def triangulate_views(
+    pose: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, crop_size: int
+) -> torch.Tensor:
+    """World poses triangulated from the views' predictions of G instants (torch): the
+    triangulation teacher (losses.triangulation_loss) and the pseudo-labels (pseudo_labels).
+
+    The root is triangulated from the crop centres (the person boxes); each view's prediction
+    is placed at it and reduced to its image directions (its own depth guess dropped), and the
+    joints are triangulated with the calibrated cameras.
+
+    Args:
+        pose: (G, V, 17, 3) root-relative camera-frame predictions, in the unit of t.
+        K: (G, V, 3, 3) crop intrinsics, px; R: (G, V, 3, 3) world -> camera; t: (G, V, 3).
+        crop_size: crop side, px.
+
+    Returns:
+        (G, 17, 3) world joints, in the unit of t.
+    """
+    import torch
+
+    centre = torch.tensor([(crop_size - 1) / 2, (crop_size - 1) / 2, 1.0], dtype=K.dtype)
+    ray = torch.linalg.solve(K, centre.expand(*K.shape[:2], 3))  # (G, V, 3) camera frame
+    root = triangulate_points((ray[..., :2] / ray[..., 2:])[:, :, None], R, t)  # (G, 1, 3)
+    root_cam = (R @ root[:, None, 0, :, None])[..., 0] + t  # (G, V, 3)
+    placed = pose + root_cam[:, :, None]
+    return triangulate_points(placed[..., :2] / placed[..., 2:], R, t)

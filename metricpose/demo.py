@@ -85,6 +85,12 @@ PRESETS: dict[str, DemoPreset] = {
 }  # fmt: skip
 
 
+#: Student variant -> the variant whose trained run pseudo-labels the data for it, with the
+#: same labels and seed: the calibrated run's triangulated views are better labels than the
+#: baseline's (docs/design.md, seventh round).
+TEACHERS = {"pseudo_labelled": "metric_calibrated"}
+
+
 def _fused_views_scores(pred: Predictions) -> dict[str, float]:
     """The run's predictions averaged over each instant's cameras (metrics.fuse_views): what
     agreement between views could teach at most; an error all views share stays."""
@@ -223,6 +229,13 @@ def run_demo(
         raise InputError(f"unknown demo variants {unknown}; choose from {', '.join(VARIANTS)}")
     if "baseline" not in variants:
         variants = ("baseline", *variants)  # every gain is measured against it
+    for student, teacher in TEACHERS.items():
+        if student in variants and teacher not in variants:
+            variants = (
+                *variants[: variants.index(student)],
+                teacher,
+                *variants[variants.index(student) :],
+            )
     _quiet_third_parties()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,8 +272,8 @@ def run_demo(
                 *(overrides or []),
             ]
             teacher = None
-            if variant == "pseudo_labelled":  # the baseline with the same labels teaches
-                teacher = out / "runs" / _run_name("baseline", labels, seed)
+            if variant in TEACHERS:  # the teacher variant's run with the same labels and seed
+                teacher = out / "runs" / _run_name(TEACHERS[variant], labels, seed)
                 run_overrides.append(f"data.pseudo_labels={out / 'pseudo_labels' / teacher.name}")
             config = load_config(variant, run_overrides)
             run_dir = out / "runs" / _run_name(variant, labels, seed)

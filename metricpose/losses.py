@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from metricpose.cameras import triangulate_views
 from metricpose.skeleton import BONES, FLIP_INDEX, ROOT
 
 
@@ -295,48 +296,6 @@ def multiview_consistency_loss(
     world_a = pose_a @ R_a  # rows: (Rₐᵀ x)ᵀ = xᵀ Rₐ
     world_b = pose_b @ R_b
     return torch.linalg.norm(world_a - world_b, dim=-1).mean()
-
-
-def _triangulate(directions: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Linear (DLT) triangulation of J points seen by V cameras, for G groups.
-
-    Args:
-        directions: (G, V, J, 2) normalised image coordinates (x/z, y/z in each camera).
-        R, t: (G, V, 3, 3) and (G, V, 3) world -> camera, x_cam = R x_world + t.
-
-    Returns:
-        (G, J, 3) world points, in the unit of t.
-    """
-    P = torch.cat([R, t[..., None]], -1)[:, :, None]  # (G, V, 1, 3, 4)
-    rows = directions[..., None] * P[..., 2:3, :] - P[..., :2, :]  # (G, V, J, 2, 4)
-    A = rows.permute(0, 2, 1, 3, 4).flatten(2, 3)  # (G, J, 2V, 4)
-    solution = torch.linalg.svd(A).Vh[..., -1, :]  # (G, J, 4)
-    return solution[..., :3] / solution[..., 3:]
-
-
-def triangulate_views(
-    pose: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.Tensor, crop_size: int
-) -> torch.Tensor:
-    """World poses triangulated from the views' predictions of G instants.
-
-    The root is triangulated from the crop centres (the person boxes); each view's prediction
-    is placed at it and reduced to its image directions (its own depth guess dropped), and the
-    joints are triangulated with the calibrated cameras.
-
-    Args:
-        pose: (G, V, 17, 3) root-relative camera-frame predictions, in the unit of t.
-        K: (G, V, 3, 3) crop intrinsics, px; R: (G, V, 3, 3) world -> camera; t: (G, V, 3).
-        crop_size: crop side, px.
-
-    Returns:
-        (G, 17, 3) world joints, in the unit of t.
-    """
-    centre = torch.tensor([(crop_size - 1) / 2, (crop_size - 1) / 2, 1.0], dtype=K.dtype)
-    ray = torch.linalg.solve(K, centre.expand(*K.shape[:2], 3))  # (G, V, 3) camera frame
-    root = _triangulate((ray[..., :2] / ray[..., 2:])[:, :, None], R, t)  # (G, 1, 3)
-    root_cam = (R @ root[:, None, 0, :, None])[..., 0] + t  # (G, V, 3)
-    placed = pose + root_cam[:, :, None]
-    return _triangulate(placed[..., :2] / placed[..., 2:], R, t)
 
 
 def triangulation_loss(

@@ -2,7 +2,7 @@
 
 A trained model predicts every camera of the unlabelled multi-view video; its predictions are
 triangulated across the calibrated cameras (each view placed at the root triangulated from the
-person boxes' centres and reduced to its image directions, ``losses.triangulate_views``) and
+person boxes' centres and reduced to its image directions, ``cameras.triangulate_views``) and
 the result serves as 3D labels for a student. Unlike the online triangulation term, a fixed
 teacher cannot make its views agree by distorting the body. On the demo studio a student of
 the S1 baseline is 10% better than its teacher (docs/design.md, sixth and seventh rounds).
@@ -28,12 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from metricpose.cameras import crop_intrinsics
+from metricpose.cameras import crop_intrinsics, triangulate_views
 from metricpose.checkpoint import atomic_write_bytes, load_model
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import DatasetError, Sequence, open_dataset
 from metricpose.errors import InputError
-from metricpose.losses import triangulate_views
 from metricpose.skeleton import BONES
 
 INDEX_FILE = "pseudo_labels.json"
@@ -115,7 +114,7 @@ def write_pseudo_labels(
     index = {
         "teacher": str(Path(checkpoint).resolve()),
         "data": str(Path(data).resolve()),
-        "method": "the teacher's views triangulated (losses.triangulate_views)",
+        "method": "the teacher's views triangulated (cameras.triangulate_views)",
         "units": "world mm",
         "sequences": index.get("sequences", {}),
     }

@@ -22,8 +22,13 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
     ]  # fmt: skip
     # The student learned from its teacher's triangulated views: every training subject's
     # sequences are labelled, the test subjects' are not.
-    labels = json.loads((out / "pseudo_labels" / "baseline__S1__seed0" / "pseudo_labels.json").read_text())
-    assert labels["teacher"] == str((out / "runs" / "baseline__S1__seed0" / "model.pt").resolve())
+    labels = (
+        out / "pseudo_labels" / "metric_calibrated__S1__seed0" / "pseudo_labels.json"
+    ).read_text()
+    labels = json.loads(labels)
+    assert labels["teacher"] == str(
+        (out / "runs" / "metric_calibrated__S1__seed0" / "model.pt").resolve()
+    )
     assert {name.split("_")[0] for name in labels["sequences"]} == set(doc["train_subjects"])
     by_setting = {s: r["mpjpe"] for s, r in zip(settings, doc["runs"], strict=True)}
     assert doc["regime"]["ratio"] == pytest.approx(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metricpose.cameras import triangulate_points
 from metricpose.checkpoint import load_model
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.evaluate import predict
@@ -27,18 +28,9 @@ from metricpose.metrics import fuse_views, mpjpe, orientation_decomposition
 
 def triangulate(directions: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """(V, 17, 2) normalised image coordinates from V cameras (x_cam = R x_world + t, mm) ->
-    (17, 3) world points, mm (linear DLT)."""
-    projection = np.concatenate([R, t[:, :, None]], 2)  # (V, 3, 4)
-    points = np.empty((directions.shape[1], 3))
-    for j in range(directions.shape[1]):
-        rows = [
-            d * P[2] - P[axis]
-            for P, uv in zip(projection, directions[:, j], strict=True)
-            for axis, d in enumerate(uv)
-        ]
-        _, _, vt = np.linalg.svd(np.array(rows))
-        points[j] = vt[-1, :3] / vt[-1, 3]
-    return points
+    (17, 3) world points, mm (linear DLT, metricpose.cameras.triangulate_points)."""
+    as_group = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))[None]  # noqa: E731
+    return triangulate_points(as_group(directions), as_group(R), as_group(t))[0].numpy()
 
 
 def main(data: str, runs: list[str], stride: int = 2) -> None:
