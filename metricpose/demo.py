@@ -69,9 +69,9 @@ PRESETS: dict[str, DemoPreset] = {
         ["train.steps=30", "train.val_every=15", "batch.size=12", "train.val_frames=16", "model.regressor_width=128"],
         query_stride=2,
     ),
-    # The README's main job: ~17 minutes on 2 CPU cores (target 20). The paper's metric loss
-    # and the calibrated extension; the identity adversary (+3 mm against metric on three seeds
-    # of the room studio, docs/results.md) is left to `seeds`, which tells effects from noise.
+    # The README's main job: ~18 minutes on 2 CPU cores (target 20). The paper's metric loss,
+    # the calibrated extension and its pseudo-label student; the identity adversary (no effect
+    # over three seeds, docs/results.md) is left to `seeds`, which tells effects from noise.
     "default": DemoPreset("default", ["S1"], [0], _CPU_DEMO, ("baseline", "metric", "metric_calibrated", "pseudo_labelled"), eval_stride=2, query_stride=4, probe_stride=8),
     # The default experiment over three seeds: is a difference beyond seed noise?
     "seeds": DemoPreset("default", ["S1"], [0, 1, 2], _CPU_DEMO, VARIANTS, eval_stride=2, query_stride=4, probe_stride=8),
