@@ -119,19 +119,23 @@ def _shifted_labels(data, folder, teacher, shift_mm=(500.0, 0.0, 0.0)):
     return shift
 
 
+def _without_and_with(data_root, labels: str, folder):
+    """The training instants of S1 and S5 under a label protocol, without and with the
+    pseudo-labels in ``folder``: (dataset, supervised, validation) for each."""
+    data = {"labels": labels, "train_subjects": ["S1", "S5"], "pseudo_labels_keep": 1.0}
+    runs = []
+    for pseudo in (None, str(folder)):
+        ds = MultiViewDataset(data_root, subjects=["S1", "S5"])
+        runs.append((ds, *supervised_instants(ds, dict(data, pseudo_labels=pseudo), seed=0)))
+    return runs
+
+
 def test_training_uses_pseudo_labels_only_where_no_truth_is_granted(tiny_studio, teacher, tmp_path):
     folder = tmp_path / "labels"
     shift = _shifted_labels(tiny_studio, folder, teacher)
-    data = {
-        "labels": "S1",
-        "train_subjects": ["S1", "S5"],
-        "pseudo_labels": None,
-        "pseudo_labels_keep": 1.0,
-    }
-    plain = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
-    supervised_plain, val_plain = supervised_instants(plain, data, seed=0)
-    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
-    supervised, val = supervised_instants(ds, dict(data, pseudo_labels=str(folder)), seed=0)
+    (plain, supervised_plain, val_plain), (ds, supervised, val) = _without_and_with(
+        tiny_studio, "S1", folder
+    )
     subject = np.array(ds.subjects)[ds.subject_index]
     # S5 joins the supervised instants; S1's and the validation takes are unchanged.
     assert np.array_equal(supervised, supervised_plain | (subject == "S5"))
@@ -152,16 +156,9 @@ def test_training_uses_pseudo_labels_only_where_no_truth_is_granted(tiny_studio,
 def test_with_a_share_of_labels_the_granted_frames_keep_their_truth(tiny_studio, teacher, tmp_path):
     folder = tmp_path / "labels"
     _shifted_labels(tiny_studio, folder, teacher)
-    data = {
-        "labels": "fraction:0.25",
-        "train_subjects": ["S1", "S5"],
-        "pseudo_labels": None,
-        "pseudo_labels_keep": 1.0,
-    }
-    plain = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
-    granted, _ = supervised_instants(plain, data, seed=0)
-    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"])
-    supervised, val = supervised_instants(ds, dict(data, pseudo_labels=str(folder)), seed=0)
+    (plain, granted, _), (ds, supervised, val) = _without_and_with(
+        tiny_studio, "fraction:0.25", folder
+    )
     assert supervised[granted].all() and (supervised | np.isin(np.arange(len(ds)), val)).all()
     for i in np.flatnonzero(granted)[:5]:
         assert torch.equal(ds[int(i)]["pose_world"], plain[int(i)]["pose_world"])
