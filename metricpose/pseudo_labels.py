@@ -5,13 +5,14 @@ triangulated across the calibrated cameras (each view placed at the root triangu
 person boxes' centres and reduced to its image directions, ``cameras.triangulate_views``) and
 the result serves as 3D labels for a student. Unlike the online triangulation term, a fixed
 teacher cannot make its views agree by distorting the body. On the demo studio a student of
-the S1 baseline is 10% better than its teacher (docs/design.md, sixth and seventh rounds).
+metric_calibrated is 14% better than the S1 baseline (docs/design.md, seventh round).
 
 Folder format (written by ``write_pseudo_labels``, read by ``apply_pseudo_labels``)::
 
-    LABELS/pseudo_labels.json   teacher checkpoint, dataset, method, and per sequence folder
-                                name its frame count and the frames where the views' average
-                                stood in for a triangulation that flew off
+    LABELS/pseudo_labels.json   the teacher checkpoint and its SHA-256, the dataset, the
+                                method; per sequence folder name its frame count, the frames
+                                where the views' average stood in for a triangulation that
+                                flew off, and per frame the views' residual in px (null there)
     LABELS/<sequence>.npy       (T, 17, 3) float32 world poses, mm, Human3.6M joint order
 
 True labels the protocol grants always win over pseudo-labels; test subjects are never touched
@@ -20,6 +21,7 @@ True labels the protocol grants always win over pseudo-labels; test subjects are
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -106,13 +108,14 @@ def write_pseudo_labels(
     out = Path(out)
     index_path = out / INDEX_FILE
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    if index and index.get("teacher") != str(Path(checkpoint).resolve()):
+    teacher = {"teacher": str(Path(checkpoint).resolve()), "teacher_sha256": _sha256(checkpoint)}
+    if index and any(index.get(key) != value for key, value in teacher.items()):
         raise InputError(
-            f"{out}: holds pseudo-labels of another teacher ({index.get('teacher')}); "
-            "choose an empty folder"
+            f"{out}: holds pseudo-labels of another teacher ({index.get('teacher')}, or that "
+            "file before it was trained again); choose an empty folder"
         )
     index = {
-        "teacher": str(Path(checkpoint).resolve()),
+        **teacher,
         "data": str(Path(data).resolve()),
         "method": "the teacher's views triangulated (cameras.triangulate_views)",
         "units": "world mm",
@@ -136,6 +139,14 @@ def write_pseudo_labels(
         raise InputError(f"{data}: no sequence of {subjects} has two cameras to triangulate")
     atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
     return index
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def apply_pseudo_labels(

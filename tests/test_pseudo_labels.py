@@ -45,7 +45,10 @@ def teacher(oracle, monkeypatch, tmp_path):
     """A teacher checkpoint path whose model is the oracle, trained on S1 and S5."""
     config = {"data": {"train_subjects": ["S1", "S5"]}}
     monkeypatch.setattr(pseudo_labels, "load_model", lambda path: (oracle, config))
-    return tmp_path / "teacher" / "model.pt"
+    path = tmp_path / "teacher" / "model.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"the oracle's weights")
+    return path
 
 
 def test_perfect_views_triangulate_to_the_true_pose(tiny_studio, oracle):
@@ -104,8 +107,13 @@ def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
     assert main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")} == written
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"other weights")
     with pytest.raises(InputError, match="another teacher"):
-        write_pseudo_labels(tmp_path / "other.pt", tiny_studio, out)
+        write_pseudo_labels(other, tiny_studio, out)
+    teacher.write_bytes(b"the same file trained again")  # the demo retrained the teacher
+    with pytest.raises(InputError, match="another teacher"):
+        write_pseudo_labels(teacher, tiny_studio, out)
 
 
 def _shifted_labels(data, folder, teacher, shift_mm=(500.0, 0.0, 0.0)):
