@@ -179,6 +179,11 @@ def apply_pseudo_labels(
             continue
         path = folder / f"{name}.npy"
         T = seq.meta.num_frames
+        if listed[name].get("frames") != T or len(listed[name].get("residual_px", ())) != T:
+            raise DatasetError(
+                f"{index_path}: {name} is listed with {listed[name].get('frames')} frames, "
+                f"the dataset has {T}: labels of another dataset?"
+            )
         try:
             poses = np.load(path).astype(np.float64)
         except (OSError, ValueError) as exc:

@@ -225,6 +225,13 @@ def test_bad_pseudo_label_folders_are_named(tiny_studio, teacher, tmp_path):
     path.write_bytes(b"not an array")
     with pytest.raises(DatasetError, match=f"{path}: cannot read pseudo-labels"):
         use(folder)
+    index = json.loads((folder / INDEX_FILE).read_text())
+    index["sequences"][path.stem]["frames"] += 1
+    (folder / INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(
+        DatasetError, match=f"{path.stem} is listed with 17 frames, the dataset has 16"
+    ):
+        use(folder)
 
 
 def test_the_pseudo_labelled_preset_needs_its_labels_folder():
