@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ INDEX_FILE = "pseudo_labels.json"
 #: A triangulated bone longer than this (mm) means the rays nearly missed each other and the
 #: linear solution flew off (0.4% of the demo's frames): the views' average stands in there.
 _WILD_BONE_MM = 1000.0
+_SAVE_EVERY_S = 10.0
 
 
 def triangulated_poses(
@@ -121,6 +123,7 @@ def write_pseudo_labels(
         "units": "world mm",
         "sequences": index.get("sequences", {}),
     }
+    saved = time.monotonic()
     for seq in sequences:
         name = seq.folder.name
         if len(seq.cameras) < 2 or name in index["sequences"]:
@@ -134,7 +137,11 @@ def write_pseudo_labels(
             "fallback_frames": np.flatnonzero(fallback).tolist(),
             "residual_px": [round(float(r), 3) if np.isfinite(r) else None for r in residual],
         }
-        atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+        # The index lists only written sequences; saving it every few seconds, not after each
+        # of hundreds of sequences, costs an interrupted run at most those seconds of labelling.
+        if time.monotonic() - saved > _SAVE_EVERY_S:
+            atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+            saved = time.monotonic()
     if not index["sequences"]:
         raise InputError(f"{data}: no sequence of {subjects} has two cameras to triangulate")
     atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
