@@ -116,86 +116,160 @@ def _quiet_third_parties() -> None:
 
 
 @dataclass
-class TrainingJob:
-    name: str
+class DemoRun:
+    """One training run of the demo and how it is scored."""
+
+    variant: str
+    labels: str
+    seed: int
     config: dict[str, Any]
     run_dir: Path
     teacher: Path | None = None  # a run whose model pseudo-labels the data first
+    keep_images: bool = False  # its test crops become the report's retrieval gallery
+    references: bool = False  # it also scores the oracle and random retrieval references
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
 
 
-def _train_job(job: TrainingJob, threads: int, progress: bool) -> float:
-    """One training run (in a worker process when the demo trains several at once), after
-    pseudo-labelling the data with its teacher if it has one."""
+@dataclass
+class Scoring:
+    """What every run is scored on: the preset's strides over the test and training people."""
+
+    data: Path
+    test_subjects: list[str]
+    train_subjects: list[str]
+    preset: DemoPreset
+
+
+def _train_and_evaluate(
+    run: DemoRun, scoring: Scoring, threads: int, progress: bool
+) -> tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]:
+    """Train the run (in a worker process when the demo trains several at once; after
+    pseudo-labelling the data if it has a teacher; skipped if trained before), then score it
+    in the same process, so that scoring overlaps the other runs' training.
+
+    Returns the run's row of results.json, its test predictions with images (``keep_images``
+    runs only) and the retrieval references (``references`` runs only).
+    """
     _quiet_third_parties()
     if threads:
         torch.set_num_threads(threads)
-    if job.teacher is not None:
-        print(f"[demo] {job.name}: pseudo-labels from {job.teacher.name}", flush=True)
-        write_pseudo_labels(
-            job.teacher / "model.pt",
-            job.config["data"]["root"],
-            job.config["data"]["pseudo_labels"],
+    if not _trained(run):
+        if run.teacher is not None:
+            print(f"[demo] {run.name}: pseudo-labels from {run.teacher.name}", flush=True)
+            write_pseudo_labels(
+                run.teacher / "model.pt",
+                run.config["data"]["root"],
+                run.config["data"]["pseudo_labels"],
+            )
+        train(
+            run.config,
+            run.run_dir,
+            resume=(run.run_dir / "checkpoints" / "last.ckpt").exists(),
+            progress=progress,
         )
-    train(
-        job.config,
-        job.run_dir,
-        resume=(job.run_dir / "checkpoints" / "last.ckpt").exists(),
-        progress=progress,
+        seconds = json.loads((run.run_dir / "train_summary.json").read_text())["train_seconds"]
+        print(f"[demo] {run.name}: trained in {seconds / 60:.1f} min", flush=True)
+    outcome = _evaluate(run, scoring)
+    print(f"[demo] {run.name}: scored, MPJPE {outcome[0]['mpjpe']:.1f} mm", flush=True)
+    return outcome
+
+
+def _trained(run: DemoRun) -> bool:
+    return (run.run_dir / "train_summary.json").exists()
+
+
+def _evaluate(
+    run: DemoRun, scoring: Scoring
+) -> tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]:
+    """Score a trained run: pose metrics and retrieval on the test people, identity and
+    heading probes on the training people."""
+    preset = scoring.preset
+    summary = json.loads((run.run_dir / "train_summary.json").read_text())
+    model, _ = load_model(run.run_dir / "model.pt")
+    test = MultiViewDataset(scoring.data, subjects=scoring.test_subjects, num_views=1)
+    pred = predict(model, test, frame_stride=preset.eval_stride, keep_images=run.keep_images)
+    scores = score(pred)
+    retrieval = evaluate_retrieval(
+        pred, preset.query_stride, seed=run.seed, references=run.references
     )
-    return json.loads((job.run_dir / "train_summary.json").read_text())["train_seconds"]
+    cross = None
+    if len(set(pred.subject)) > 1:  # the cross-subject variant needs two test subjects
+        cross = evaluate_retrieval(pred, preset.query_stride, cross_subject=True, references=False)
+    train_set = MultiViewDataset(scoring.data, subjects=scoring.train_subjects, num_views=1)
+    train_pred = predict(model, train_set, frame_stride=preset.probe_stride)
+    probe = identity_probe(train_pred, seed=run.seed)
+    heading = heading_probe(train_pred, pred)
+    row = {
+        "variant": run.variant, "labels": run.labels, "seed": run.seed,
+        **{k: scores["overall"][k] for k in ("mpjpe", "n_mpjpe", "pa_mpjpe", "pck150", "auc")},
+        "retrieval": retrieval["embedding"],
+        "retrieval_cross_subject": cross["embedding"] if cross else None,
+        "identity_probe_acc": probe["accuracy"],
+        "heading_probe_deg": heading["median_error_deg"],
+        **orientation_decomposition(pred.pose_pred, pred.pose_gt),
+        **_fused_views_scores(pred),
+        "train_seconds": summary["train_seconds"],
+        "train_images_per_second": summary.get("images_per_second"),  # None: trained before it was measured
+        "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},
+        "test_crops": scores["count"],
+        "run_dir": str(run.run_dir),
+    }  # fmt: skip
+    references = {k: retrieval[k] for k in ("oracle_3d", "random")} if run.references else None
+    return row, (pred if run.keep_images else None), references
 
 
-def _train_all(jobs: list[TrainingJob], workers: int, threads: int, progress: bool) -> None:
-    """Train the runs not trained before, ``workers`` at a time; a run with a teacher starts
-    once its teacher is trained."""
-    finished, todo = set(), []
-    for job in jobs:
-        if (job.run_dir / "train_summary.json").exists():
-            print(f"[demo] {job.name}: trained before, reusing")
-            finished.add(job.run_dir)
-        else:
-            todo.append(job)
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:  # jobs list a teacher before its students
-            print(f"[demo] training {job.name}", flush=True)
-            seconds = _train_job(job, threads, progress)
-            print(f"[demo] {job.name}: trained in {seconds / 60:.1f} min", flush=True)
-        return
+def _run_all(
+    runs: list[DemoRun], scoring: Scoring, workers: int, threads: int, progress: bool
+) -> list[tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]]:
+    """Train and score every run, ``workers`` at a time; a run with a teacher starts once its
+    teacher is done. Returns the runs' results in the order of ``runs``."""
+    for run in runs:
+        if _trained(run):
+            print(f"[demo] {run.name}: trained before, reusing", flush=True)
+    if workers <= 1 or len(runs) <= 1:
+        return [_train_and_evaluate(run, scoring, threads, progress) for run in runs]
     # Teachers first, then the longest (steps x batch), so that the lanes end together.
-    teachers = {job.teacher for job in todo}
-    todo.sort(
-        key=lambda job: (
-            job.run_dir not in teachers,
-            -job.config["train"]["steps"] * job.config["batch"]["size"],
-        )
+    teachers = {run.teacher for run in runs}
+    todo = sorted(
+        runs,
+        key=lambda run: (
+            run.run_dir not in teachers,
+            -run.config["train"]["steps"] * run.config["batch"]["size"],
+        ),
     )
     print(
-        f"[demo] training {len(todo)} runs, {workers} at a time, {threads} thread(s) each",
+        f"[demo] training and scoring {len(todo)} runs, {workers} at a time, "
+        f"{threads} thread(s) each",
         flush=True,
     )
+    done: dict[Path, Any] = {}
     context = multiprocessing.get_context("spawn")  # no forked Lightning or OpenMP state
     # SIGTERM leaves through the pool's exit, which passes it on to the trainings: each ends
     # its step and writes last.ckpt, so that the demo resumes there.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with context.Pool(workers, maxtasksperchild=1) as pool:
-            running: dict[str, tuple[TrainingJob, Any]] = {}
+            running: dict[Path, Any] = {}
             while todo or running:
-                for job in [j for j in todo if j.teacher is None or j.teacher in finished]:
+                for run in [r for r in todo if r.teacher is None or r.teacher in done]:
                     if len(running) < workers:
-                        todo.remove(job)
-                        result = pool.apply_async(_train_job, (job, threads, False))
-                        running[job.name] = (job, result)
+                        todo.remove(run)
+                        running[run.run_dir] = pool.apply_async(
+                            _train_and_evaluate, (run, scoring, threads, False)
+                        )
                 if not running:
-                    raise RuntimeError(f"{todo[0].name}: its teacher {todo[0].teacher} is no job")
+                    raise RuntimeError(f"{todo[0].name}: its teacher {todo[0].teacher} is no run")
                 time.sleep(0.2)
-                for name, (job, result) in list(running.items()):
+                for run_dir, result in list(running.items()):
                     if result.ready():
-                        print(f"[demo] {name}: trained in {result.get() / 60:.1f} min", flush=True)
-                        finished.add(job.run_dir)
-                        del running[name]
+                        done[run_dir] = result.get()
+                        del running[run_dir]
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return [done[run.run_dir] for run in runs]
 
 
 def _exit_on_sigterm(signal_number: int, frame: Any) -> None:
@@ -259,7 +333,7 @@ def run_demo(
             f"{data}: the demo needs test subjects (S9, S11) and training subjects; found {subjects}"
         )
 
-    runs, jobs = [], []
+    runs = []
     settings = [(v, lab) for lab in preset.labels for v in variants] + [("baseline", CEILING)]
     for seed in preset.seeds:
         for variant, labels in settings:
@@ -275,63 +349,21 @@ def run_demo(
             if variant in TEACHERS:  # the teacher variant's run with the same labels and seed
                 teacher = out / "runs" / _run_name(TEACHERS[variant], labels, seed)
                 run_overrides.append(f"data.pseudo_labels={out / 'pseudo_labels' / teacher.name}")
-            config = load_config(variant, run_overrides)
             run_dir = out / "runs" / _run_name(variant, labels, seed)
-            jobs.append(TrainingJob(run_dir.name, config, run_dir, teacher))
             runs.append(
-                {
-                    "variant": variant,
-                    "labels": labels,
-                    "seed": seed,
-                    "dir": run_dir,
-                    "config": config,
-                }
+                DemoRun(
+                    variant, labels, seed, load_config(variant, run_overrides), run_dir, teacher
+                )
             )
-    _train_all(jobs, workers, threads, progress)
-
-    test = MultiViewDataset(data, subjects=test_subjects, num_views=1)
-    train_set = MultiViewDataset(data, subjects=train_subjects, num_views=1)
-    references = None
-    gallery = None
-    results = []
-    for run in runs:
-        print(f"[demo] evaluating {run['dir'].name}", flush=True)
-        summary = json.loads((run["dir"] / "train_summary.json").read_text())
-        model, _ = load_model(run["dir"] / "model.pt")
-        pred = predict(
-            model,
-            test,
-            frame_stride=preset.eval_stride,
-            keep_images=gallery is None and run["variant"] == "metric",
-        )
-        gallery = gallery or (pred if pred.images is not None else None)
-        scores = score(pred)
-        retrieval = evaluate_retrieval(
-            pred, preset.query_stride, seed=run["seed"], references=references is None
-        )
-        cross = None
-        if len(set(pred.subject)) > 1:  # the cross-subject variant needs two test subjects
-            cross = evaluate_retrieval(
-                pred, preset.query_stride, cross_subject=True, references=False
-            )
-        references = references or {k: retrieval[k] for k in ("oracle_3d", "random")}
-        train_pred = predict(model, train_set, frame_stride=preset.probe_stride)
-        probe = identity_probe(train_pred, seed=run["seed"])
-        heading = heading_probe(train_pred, pred)
-        results.append({
-            "variant": run["variant"], "labels": run["labels"], "seed": run["seed"],
-            **{k: scores["overall"][k] for k in ("mpjpe", "n_mpjpe", "pa_mpjpe", "pck150", "auc")},
-            "retrieval": retrieval["embedding"],
-            "retrieval_cross_subject": cross["embedding"] if cross else None,
-            "identity_probe_acc": probe["accuracy"],
-            "heading_probe_deg": heading["median_error_deg"],
-            **orientation_decomposition(pred.pose_pred, pred.pose_gt),
-            **_fused_views_scores(pred),
-            "train_seconds": summary["train_seconds"],
-            "train_images_per_second": summary.get("images_per_second"),  # None: trained before it was measured
-            "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},
-            "run_dir": str(run["dir"]),
-        })  # fmt: skip
+    runs[0].references = True
+    gallery_run = next((run for run in runs if run.variant == "metric"), None)
+    if gallery_run is not None:
+        gallery_run.keep_images = True
+    scoring = Scoring(data, test_subjects, train_subjects, preset)
+    outcomes = _run_all(runs, scoring, workers, threads, progress)
+    results = [row for row, _, _ in outcomes]
+    gallery = next((pred for _, pred, _ in outcomes if pred is not None), None)
+    references = next(refs for _, _, refs in outcomes if refs is not None)
     _add_gap_closed(results)
     document = {
         "runs": results,
@@ -341,13 +373,13 @@ def run_demo(
             "preset": preset_name,
             "studio": preset.studio,
             "overrides": preset.overrides + list(overrides or []),
-            "variants": {r["variant"]: _strip(r["config"]) for r in runs if r["labels"] != CEILING},
+            "variants": {r.variant: _strip(r.config) for r in runs if r.labels != CEILING},
         },
         "train_subjects": train_subjects,
         "references": references,
-        "identity_chance": 1.0 / len(train_set.subjects),
-        "test_crops": scores["count"],
-        "test_subjects": test.subjects,
+        "identity_chance": 1.0 / len(train_subjects),
+        "test_crops": results[0]["test_crops"],
+        "test_subjects": test_subjects,
         "machine": machine(threads, workers),
         "version": __version__,
         "total_seconds": time.perf_counter() - began,
