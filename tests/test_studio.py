@@ -11,7 +11,7 @@ from metricpose.studio.motion import (
     draw_style,
     generate_take,
 )
-from metricpose.studio.render import CameraBackdrop, Studio, render_take
+from metricpose.studio.render import CameraBackdrop, Studio, render_take, render_takes
 from metricpose.studio.rig import default_rig, random_rig
 
 
@@ -99,6 +99,39 @@ def test_rendering_is_deterministic_and_shows_the_person():
     diff = np.abs(a.astype(float) - empty).mean(-1)
     assert diff[:, 24:40, 28:36].mean() > 20  # torso
     assert diff[:, :3, :3].mean() < 6  # corners: background (+ noise)
+
+
+@pytest.mark.parametrize("backdrop", ["studio", "random"])
+def test_takes_rendered_together_equal_takes_rendered_alone(backdrop):
+    """generate renders a person's takes in one batch; each take keeps its own random streams
+    (backgrounds, noise), so its crops are those of rendering it alone, also when a take is
+    longer than a chunk of random draws or a batch of bodies."""
+    subject = make_subject("S2", np.random.default_rng(0))
+    takes = [
+        generate_take(subject, action, frames, 12.5, np.random.default_rng(i))
+        for i, (action, frames) in enumerate([("waving", 5), ("boxing", 40), ("walking", 7)])
+    ]
+    cam = default_rig()[2]
+    shown = (
+        CameraBackdrop(Studio.random(np.random.default_rng(2)), cam)
+        if backdrop == "studio"
+        else None
+    )
+    together = render_takes(
+        subject, shown, cam, [(t["joints"], t["rotations"], 10 + i) for i, t in enumerate(takes)],
+        32, batch=24,
+    )  # fmt: skip
+    for i, take in enumerate(takes):
+        alone, boxes = render_take(
+            subject, shown, cam, take["joints"], take["rotations"], 32, seed=10 + i
+        )
+        np.testing.assert_array_equal(together[i][0], alone)
+        np.testing.assert_array_equal(together[i][1], boxes)
+    # The streams matter: another seed gives other crops.
+    other, _ = render_take(
+        subject, shown, cam, takes[0]["joints"], takes[0]["rotations"], 32, seed=99
+    )
+    assert not np.array_equal(other, together[0][0])
 
 
 def test_random_backdrop_differs_per_crop_and_hides_the_camera():

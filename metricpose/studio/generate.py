@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from metricpose.cameras import Camera
 from metricpose.data.format import SequenceMeta, is_complete, write_sequence
 from metricpose.errors import InputError
-from metricpose.studio.body import make_subject
-from metricpose.studio.motion import ACTIONS, draw_style, generate_take
-from metricpose.studio.render import CameraBackdrop, Studio, render_take
+from metricpose.studio.body import Subject, make_subject
+from metricpose.studio.motion import ACTIONS, MotionStyle, draw_style, generate_take
+from metricpose.studio.render import CameraBackdrop, Studio, render_takes
 from metricpose.studio.rig import default_rig, load_rig, random_rig
 
 #: Human3.6M's subject names first; then the studio's extra people. One person's labels and
@@ -24,6 +25,9 @@ TRAIN_SUBJECTS = ["S1", "S5", "S6", "S7", "S8", "S2", "S3", "S4", "S10"] + [
 ]
 TEST_SUBJECTS = ["S9", "S11"]
 BACKDROPS = ("studio", "random")
+#: Takes of a person rendered together: ~256 frames per camera in the default studio, and a
+#: bounded memory footprint (render_takes).
+_TAKES_PER_BATCH = 16
 
 
 @dataclass
@@ -100,40 +104,85 @@ def generate(out: Path, config: SynthConfig, progress: bool = True) -> list[Path
     backdrops = [
         CameraBackdrop(studio, cam) if config.backdrop == "studio" else None for cam in rig
     ]
-    jobs = [(s, a, k) for s in config.subjects for a in config.actions for k in range(config.takes)]
-    written = []
-    bar = tqdm(jobs, desc="rendering studio", unit="seq", disable=not progress)
-    for subject_name, action, take in bar:
-        name = f"{subject_name}_{action}_{take}"
-        folder = out / name
-        written.append(folder)
-        if is_complete(folder):
+    written = [
+        out / f"{s}_{a}_{k}"
+        for s in config.subjects
+        for a in config.actions
+        for k in range(config.takes)
+    ]
+    bar = tqdm(total=len(written), desc="rendering studio", unit="seq", disable=not progress)
+    for subject_name in config.subjects:
+        # A person's takes are rendered together, camera by camera (render_takes); each take
+        # keeps its own random streams, so the crops are those of rendering it alone.
+        pending = [
+            (action, take)
+            for action in config.actions
+            for take in range(config.takes)
+            if not is_complete(out / f"{subject_name}_{action}_{take}")
+        ]
+        bar.update(len(config.actions) * config.takes - len(pending))
+        if not pending:
             continue
         number = _subject_number(subject_name)
         subject = make_subject(subject_name, np.random.default_rng([seed, 2, number]))
-        action_id = list(ACTIONS).index(action)
-        motion_rng = np.random.default_rng([seed, 3, number, action_id, take])
         style = (
             draw_style(np.random.default_rng([seed, 5, number]), config.style)
             if config.style
             else None
         )
-        motion = generate_take(subject, action, config.frames, config.fps, motion_rng, style)
-        frames, boxes = {}, []
-        for v, cam in enumerate(rig):
-            crops, cam_boxes = render_take(
+        for g in range(0, len(pending), _TAKES_PER_BATCH):
+            group = pending[g : g + _TAKES_PER_BATCH]
+            _write_takes(out, config, rig, backdrops, subject_name, subject, style, group)
+            bar.update(len(group))
+    bar.close()
+    return written
+
+
+def _write_takes(
+    out: Path,
+    config: SynthConfig,
+    rig: list[Camera],
+    backdrops: list[CameraBackdrop | None],
+    subject_name: str,
+    subject: Subject,
+    style: MotionStyle | None,
+    takes: list[tuple[str, int]],
+) -> None:
+    """Draw the motions of ``takes`` ((action, take number) pairs) of one person, render them
+    from every camera (render_takes) and write one sequence folder per take."""
+    seed, number = config.seed, _subject_number(subject_name)
+    action_ids = [list(ACTIONS).index(action) for action, _ in takes]
+    motions = [
+        generate_take(
+            subject,
+            action,
+            config.frames,
+            config.fps,
+            np.random.default_rng([seed, 3, number, action_id, take]),
+            style,
+        )
+        for (action, take), action_id in zip(takes, action_ids, strict=True)
+    ]
+    views = []  # per camera, per take: crops, boxes
+    for v, cam in enumerate(rig):
+        streams = [
+            int(np.random.default_rng([seed, 4, number, action_id, take, v]).integers(2**31))
+            for action_id, (_, take) in zip(action_ids, takes, strict=True)
+        ]
+        moves = [(m["joints"], m["rotations"]) for m in motions]
+        views.append(
+            render_takes(
                 subject,
                 backdrops[v],
                 cam,
-                motion["joints"],
-                motion["rotations"],
+                [
+                    (joints, rotations, s)
+                    for (joints, rotations), s in zip(moves, streams, strict=True)
+                ],
                 config.res,
-                seed=int(
-                    np.random.default_rng([seed, 4, number, action_id, take, v]).integers(2**31)
-                ),
             )
-            frames[cam.name] = crops
-            boxes.append(cam_boxes)
+        )
+    for i, ((action, take), motion) in enumerate(zip(takes, motions, strict=True)):
         meta = SequenceMeta(
             subject=subject_name,
             action=action,
@@ -143,5 +192,7 @@ def generate(out: Path, config: SynthConfig, progress: bool = True) -> list[Path
             cameras=[c.name for c in rig],
             extra={"take": take, "source": "studio"},
         )
-        write_sequence(out, name, meta, rig, np.stack(boxes), frames, motion["joints"])
-    return written
+        frames = {cam.name: views[v][i][0] for v, cam in enumerate(rig)}
+        boxes = np.stack([views[v][i][1] for v in range(len(rig))])
+        name = f"{subject_name}_{action}_{take}"
+        write_sequence(out, name, meta, rig, boxes, frames, motion["joints"])
