@@ -1,6 +1,7 @@
 """CPU execution modes of the training step, each measured against fp32 in the same run:
-bf16 autocast, channels_last memory format, and two trainings side by side (one thread each)
-against one training with every thread — the way the demo spends two cores."""
+bf16 autocast, channels_last memory format, torch.compile (inductor), and two trainings side
+by side (one thread each) against one training with every thread — the way the demo spends
+two cores."""
 
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ def _step_rate(
     channels_last: bool = True,
     steps: int = 6,
     threads: int = 0,
+    compiled: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> float:
-    """Images/s of forward + backward + AdamW on the default network (fp32 or bf16 autocast)."""
+    """Images/s of forward + backward + AdamW on the default network (fp32 or bf16 autocast;
+    ``compiled``: torch.compile, whose first steps' seconds go to ``timings["warm_up_s"]``)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -29,6 +33,8 @@ def _step_rate(
         model.normalise_images = lambda x: (  # type: ignore[method-assign]
             (x.permute(0, 3, 1, 2).float() - model.image_mean) / model.image_std
         ).contiguous()
+    if compiled:
+        model.compile()
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)
     images = torch.rand(batch, crop, crop, 3) * 255
 
@@ -40,8 +46,11 @@ def _step_rate(
         loss.backward()
         optimizer.step()
 
+    began = time.perf_counter()
     step()
     step()
+    if timings is not None:
+        timings["warm_up_s"] = time.perf_counter() - began
     began = time.perf_counter()
     for _ in range(steps):
         step()
@@ -67,11 +76,17 @@ def cpu_mode_figures() -> dict[str, float]:
     fp32 = _step_rate()
     bf16 = _step_rate(bf16=True, steps=2)  # can be 10x slower without AMX: fewer steps
     plain = _step_rate(channels_last=False)
+    compile_timing: dict[str, float] = {}
+    compiled = _step_rate(compiled=True, timings=compile_timing)
+    again = _step_rate()  # eager once more: the machine may have changed speed meanwhile
     parallel, single = side_by_side_ratio()
     return {
         "fp32": fp32,
         "bf16": bf16,
         "contiguous": plain,
+        "compiled": compiled,
+        "eager_again": again,
+        "compile_warm_up_s": compile_timing["warm_up_s"],
         "two_runs_one_thread": parallel,
         "one_run_two_threads": single,
         "amx": float(_has_cpu_flag("amx_bf16")),

@@ -91,6 +91,9 @@ def main() -> None:
                modes["bf16"], "images/s"),
         figure("bf16 autocast / fp32", modes["bf16"] / modes["fp32"], "ratio"),
         figure("channels_last / contiguous input", modes["fp32"] / modes["contiguous"], "ratio"),
+        figure("torch.compile / eager training step (eager: mean of the runs before and after)",
+               2 * modes["compiled"] / (modes["fp32"] + modes["eager_again"]), "ratio"),
+        figure("torch.compile first two steps (compilation)", modes["compile_warm_up_s"], "s"),
         figure("two 1-thread trainings side by side / one 2-thread training (demo's choice)",
                modes["two_runs_one_thread"] / modes["one_run_two_threads"], "ratio", 1.0),
     ]  # fmt: skip
