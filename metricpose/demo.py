@@ -143,35 +143,40 @@ class Scoring:
     preset: DemoPreset
 
 
-def _train_and_evaluate(
-    run: DemoRun, scoring: Scoring, threads: int, progress: bool
-) -> tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]:
-    """Train the run (in a worker process when the demo trains several at once; after
-    pseudo-labelling the data if it has a teacher; skipped if trained before), then score it
-    in the same process, so that scoring overlaps the other runs' training.
+def _train(run: DemoRun, threads: int, progress: bool) -> None:
+    """Train one run (in a worker process when the demo trains several at once), after
+    pseudo-labelling the data with its teacher if it has one."""
+    _quiet_third_parties()
+    if threads:
+        torch.set_num_threads(threads)
+    if run.teacher is not None:
+        print(f"[demo] {run.name}: pseudo-labels from {run.teacher.name}", flush=True)
+        write_pseudo_labels(
+            run.teacher / "model.pt",
+            run.config["data"]["root"],
+            run.config["data"]["pseudo_labels"],
+        )
+    train(
+        run.config,
+        run.run_dir,
+        resume=(run.run_dir / "checkpoints" / "last.ckpt").exists(),
+        progress=progress,
+    )
+    seconds = json.loads((run.run_dir / "train_summary.json").read_text())["train_seconds"]
+    print(f"[demo] {run.name}: trained in {seconds / 60:.1f} min", flush=True)
 
-    Returns the run's row of results.json, its test predictions with images (``keep_images``
-    runs only) and the retrieval references (``references`` runs only).
+
+def _score(
+    run: DemoRun, scoring: Scoring, threads: int
+) -> tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]:
+    """Score a trained run (in a worker process when the demo trains several at once).
+
+    Returns its row of results.json, its test predictions with images (``keep_images`` runs
+    only) and the retrieval references (``references`` runs only).
     """
     _quiet_third_parties()
     if threads:
         torch.set_num_threads(threads)
-    if not _trained(run):
-        if run.teacher is not None:
-            print(f"[demo] {run.name}: pseudo-labels from {run.teacher.name}", flush=True)
-            write_pseudo_labels(
-                run.teacher / "model.pt",
-                run.config["data"]["root"],
-                run.config["data"]["pseudo_labels"],
-            )
-        train(
-            run.config,
-            run.run_dir,
-            resume=(run.run_dir / "checkpoints" / "last.ckpt").exists(),
-            progress=progress,
-        )
-        seconds = json.loads((run.run_dir / "train_summary.json").read_text())["train_seconds"]
-        print(f"[demo] {run.name}: trained in {seconds / 60:.1f} min", flush=True)
     outcome = _evaluate(run, scoring)
     print(f"[demo] {run.name}: scored, MPJPE {outcome[0]['mpjpe']:.1f} mm", flush=True)
     return outcome
@@ -224,52 +229,72 @@ def _evaluate(
 def _run_all(
     runs: list[DemoRun], scoring: Scoring, workers: int, threads: int, progress: bool
 ) -> list[tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]]:
-    """Train and score every run, ``workers`` at a time; a run with a teacher starts once its
-    teacher is done. Returns the runs' results in the order of ``runs``."""
+    """Train and score every run, ``workers`` tasks at a time; a run with a teacher starts
+    once its teacher is trained. Returns the runs' scores (:func:`_score`) in their order.
+
+    A free lane takes a training that can start, else a scoring: scorings fill the lanes that
+    the trainings leave idle, rather than lengthening the busiest one (the default demo: 19.2
+    min with each run scored in its lane, vs ... ; docs/results.md)."""
+    to_train = [run for run in runs if not _trained(run)]
     for run in runs:
-        if _trained(run):
+        if run not in to_train:
             print(f"[demo] {run.name}: trained before, reusing", flush=True)
     if workers <= 1 or len(runs) <= 1:
-        return [_train_and_evaluate(run, scoring, threads, progress) for run in runs]
+        for run in to_train:  # runs list a teacher before its students
+            _train(run, threads, progress)
+        return [_score(run, scoring, threads) for run in runs]
     # Teachers first, then the longest (steps x batch), so that the lanes end together.
     teachers = {run.teacher for run in runs}
-    todo = sorted(
-        runs,
+    to_train.sort(
         key=lambda run: (
             run.run_dir not in teachers,
             -run.config["train"]["steps"] * run.config["batch"]["size"],
-        ),
+        )
     )
+    to_score = [run for run in runs if run not in to_train]
+    trained = {run.run_dir for run in to_score}
     print(
-        f"[demo] training and scoring {len(todo)} runs, {workers} at a time, "
+        f"[demo] training {len(to_train)} and scoring {len(runs)} runs, {workers} at a time, "
         f"{threads} thread(s) each",
         flush=True,
     )
-    done: dict[Path, Any] = {}
+    scores: dict[Path, Any] = {}
     context = multiprocessing.get_context("spawn")  # no forked Lightning or OpenMP state
     # SIGTERM leaves through the pool's exit, which passes it on to the trainings: each ends
     # its step and writes last.ckpt, so that the demo resumes there.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with context.Pool(workers, maxtasksperchild=1) as pool:
-            running: dict[Path, Any] = {}
-            while todo or running:
-                for run in [r for r in todo if r.teacher is None or r.teacher in done]:
-                    if len(running) < workers:
-                        todo.remove(run)
-                        running[run.run_dir] = pool.apply_async(
-                            _train_and_evaluate, (run, scoring, threads, False)
-                        )
+            running: dict[Any, tuple[str, DemoRun]] = {}
+            while to_train or to_score or running:
+                while len(running) < workers:
+                    ready = [r for r in to_train if r.teacher is None or r.teacher in trained]
+                    if ready:
+                        to_train.remove(ready[0])
+                        task = pool.apply_async(_train, (ready[0], threads, False))
+                        running[task] = ("train", ready[0])
+                    elif to_score:
+                        run = to_score.pop(0)
+                        running[pool.apply_async(_score, (run, scoring, threads))] = ("score", run)
+                    else:
+                        break
                 if not running:
-                    raise RuntimeError(f"{todo[0].name}: its teacher {todo[0].teacher} is no run")
+                    raise RuntimeError(
+                        f"{to_train[0].name}: its teacher {to_train[0].teacher} is no run"
+                    )
                 time.sleep(0.2)
-                for run_dir, result in list(running.items()):
-                    if result.ready():
-                        done[run_dir] = result.get()
-                        del running[run_dir]
+                for task, (kind, run) in list(running.items()):
+                    if task.ready():
+                        del running[task]
+                        if kind == "train":
+                            task.get()  # raises the training's error here
+                            trained.add(run.run_dir)
+                            to_score.append(run)
+                        else:
+                            scores[run.run_dir] = task.get()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return [done[run.run_dir] for run in runs]
+    return [scores[run.run_dir] for run in runs]
 
 
 def _exit_on_sigterm(signal_number: int, frame: Any) -> None:
