@@ -301,6 +301,34 @@ def test_h36m_bad_inputs_name_the_file(h36m_fixture, tmp_path, capsys):
 # --- MPI-INF-3DHP -------------------------------------------------------------------------
 
 
+def test_3dhp_mmpose_cameras_without_a_common_frame_are_one_clear_error(tmp_path):
+    """Two cameras of one sequence whose listed frames never coincide: an error naming the
+    annotation file and the sequence (it used to index with an empty float array)."""
+    names = ["S1_Seq1_Cam0_000001.jpg", "S1_Seq1_Cam2_000002.jpg"]
+    np.savez(tmp_path / "ann.npz", imgname=np.array(names), center=np.full((2, 2), 50.0),
+             scale=np.ones(2), part=np.zeros((2, 17, 3)), S=np.ones((2, 17, 4)))  # fmt: skip
+    camera = {"f": np.full(2, 100.0), "c": np.full(2, 50.0), "w": 100, "h": 100,
+              "R": np.eye(3), "T": np.array([0.0, 0.0, 3.0])}  # fmt: skip
+    calib = {"S1_Seq1_Cam0": camera, "S1_Seq1_Cam2": camera}
+    (tmp_path / "cameras_train.pkl").write_bytes(pickle.dumps(calib))
+    with pytest.raises(InputError, match=r"ann\.npz: S1_Seq1: no frame is listed for all"):
+        list(
+            mpi_inf_3dhp.mmpose_sequences(
+                tmp_path, tmp_path / "ann.npz", tmp_path / "cameras_train.pkl"
+            )
+        )
+    # With a frame in common the same files convert.
+    names[1] = "S1_Seq1_Cam2_000001.jpg"
+    np.savez(tmp_path / "ann.npz", imgname=np.array(names), center=np.full((2, 2), 50.0),
+             scale=np.ones(2), part=np.zeros((2, 17, 3)), S=np.ones((2, 17, 4)))  # fmt: skip
+    sequences = list(
+        mpi_inf_3dhp.mmpose_sequences(
+            tmp_path, tmp_path / "ann.npz", tmp_path / "cameras_train.pkl"
+        )
+    )
+    assert [s.source_frames for s in sequences] == [[0]]
+
+
 def test_3dhp_mmpose_fixtures_convert_onto_their_2d_annotations(fixtures_dir, tmp_path):
     root = fixtures_dir / "mpi_inf_3dhp"
     for split in ("train", "test"):

@@ -298,6 +298,11 @@ def mmpose_sequences(
         keys = sorted(by_camera)
         cams = [_pickle_camera(calib, key, cameras_pickle) for key in keys]
         instants = sorted(set.intersection(*(set(by_camera[k]) for k in keys)))
+        if not instants:  # one sequence needs instants every camera saw
+            raise InputError(
+                f"{annotations}: {seq_name}: no frame is listed for all of its cameras "
+                f"({', '.join(keys)}); drop the cameras that do not overlap from the annotations"
+            )
         rows = np.array([[by_camera[k][t] for t in instants] for k in keys])  # (V, T)
         poses_cam = remap_joints(data["S"][rows, :, :3] * 1000.0, FROM_MPI_INF_3DHP_17)[0]
         world = world_from_views(cams, poses_cam, annotations)
