@@ -166,10 +166,16 @@ def _train(run: DemoRun, threads: int, progress: bool) -> None:
     print(f"[demo] {run.name}: trained in {seconds / 60:.1f} min", flush=True)
 
 
+def _trained(run: DemoRun) -> bool:
+    return (run.run_dir / "train_summary.json").exists()
+
+
 def _score(
     run: DemoRun, scoring: Scoring, threads: int
 ) -> tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]:
-    """Score a trained run (in a worker process when the demo trains several at once).
+    """Score a trained run (in a worker process when the demo trains several at once): pose
+    metrics and retrieval on the test people, identity and heading probes on the training
+    people.
 
     Returns its row of results.json, its test predictions with images (``keep_images`` runs
     only) and the retrieval references (``references`` runs only).
@@ -177,20 +183,6 @@ def _score(
     _quiet_third_parties()
     if threads:
         torch.set_num_threads(threads)
-    outcome = _evaluate(run, scoring)
-    print(f"[demo] {run.name}: scored, MPJPE {outcome[0]['mpjpe']:.1f} mm", flush=True)
-    return outcome
-
-
-def _trained(run: DemoRun) -> bool:
-    return (run.run_dir / "train_summary.json").exists()
-
-
-def _evaluate(
-    run: DemoRun, scoring: Scoring
-) -> tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]:
-    """Score a trained run: pose metrics and retrieval on the test people, identity and
-    heading probes on the training people."""
     preset = scoring.preset
     summary = json.loads((run.run_dir / "train_summary.json").read_text())
     model, _ = load_model(run.run_dir / "model.pt")
@@ -223,6 +215,7 @@ def _evaluate(
         "run_dir": str(run.run_dir),
     }  # fmt: skip
     references = {k: retrieval[k] for k in ("oracle_3d", "random")} if run.references else None
+    print(f"[demo] {run.name}: scored, MPJPE {row['mpjpe']:.1f} mm", flush=True)
     return row, (pred if run.keep_images else None), references
 
 
