@@ -166,6 +166,12 @@ def _train(run: DemoRun, threads: int, progress: bool) -> None:
     print(f"[demo] {run.name}: trained in {seconds / 60:.1f} min", flush=True)
 
 
+def _score_several(
+    runs: list[DemoRun], scoring: Scoring, threads: int
+) -> list[tuple[dict[str, Any], Predictions | None, dict[str, Any] | None]]:
+    return [_score(run, scoring, threads) for run in runs]
+
+
 def _trained(run: DemoRun) -> bool:
     return (run.run_dir / "train_summary.json").exists()
 
@@ -236,7 +242,7 @@ def _run_all(
     if workers <= 1 or len(runs) <= 1:
         for run in to_train:  # runs list a teacher before its students
             _train(run, threads, progress)
-        return [_score(run, scoring, threads) for run in runs]
+        return _score_several(runs, scoring, threads)
     # Teachers first, then the longest (steps x batch), so that the lanes end together.
     teachers = {run.teacher for run in runs}
     to_train.sort(
@@ -259,7 +265,7 @@ def _run_all(
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with context.Pool(workers, maxtasksperchild=1) as pool:
-            running: dict[Any, tuple[str, DemoRun]] = {}
+            running: dict[Any, tuple[str, Any]] = {}  # task -> ("train", run) / ("score", runs)
             while to_train or to_score or running:
                 while len(running) < workers:
                     ready = [r for r in to_train if r.teacher is None or r.teacher in trained]
@@ -268,8 +274,12 @@ def _run_all(
                         task = pool.apply_async(_train, (ready[0], threads, False))
                         running[task] = ("train", ready[0])
                     elif to_score:
-                        run = to_score.pop(0)
-                        running[pool.apply_async(_score, (run, scoring, threads))] = ("score", run)
+                        # The waiting scorings shared among the free lanes, several per task:
+                        # each task is a new process (maxtasksperchild), seconds to start.
+                        share = -(-len(to_score) // (workers - len(running)))
+                        batch, to_score = to_score[:share], to_score[share:]
+                        task = pool.apply_async(_score_several, (batch, scoring, threads))
+                        running[task] = ("score", batch)
                     else:
                         break
                 if not running:
@@ -277,15 +287,16 @@ def _run_all(
                         f"{to_train[0].name}: its teacher {to_train[0].teacher} is no run"
                     )
                 time.sleep(0.2)
-                for task, (kind, run) in list(running.items()):
+                for task, (kind, subject) in list(running.items()):
                     if task.ready():
                         del running[task]
                         if kind == "train":
                             task.get()  # raises the training's error here
-                            trained.add(run.run_dir)
-                            to_score.append(run)
+                            trained.add(subject.run_dir)
+                            to_score.append(subject)
                         else:
-                            scores[run.run_dir] = task.get()
+                            for run, outcome in zip(subject, task.get(), strict=True):
+                                scores[run.run_dir] = outcome
     finally:
         signal.signal(signal.SIGTERM, previous)
     return [scores[run.run_dir] for run in runs]
