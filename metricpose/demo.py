@@ -236,9 +236,9 @@ def _run_all(
     beyond its busiest lane's training: 4.0 min with all scoring at the end, 3.6 with each run
     scored in its lane, 2.4 this way (docs/results.md)."""
     to_train = [run for run in runs if not _trained(run)]
-    for run in runs:
-        if run not in to_train:
-            print(f"[demo] {run.name}: trained before, reusing", flush=True)
+    to_score = [run for run in runs if _trained(run)]
+    for run in to_score:
+        print(f"[demo] {run.name}: trained before, reusing", flush=True)
     if workers <= 1 or len(runs) <= 1:
         for run in to_train:  # runs list a teacher before its students
             _train(run, threads, progress)
@@ -251,7 +251,6 @@ def _run_all(
             -run.config["train"]["steps"] * run.config["batch"]["size"],
         )
     )
-    to_score = [run for run in runs if run not in to_train]
     trained = {run.run_dir for run in to_score}
     print(
         f"[demo] training {len(to_train)} and scoring {len(runs)} runs, {workers} at a time, "

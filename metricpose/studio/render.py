@@ -355,9 +355,10 @@ def render_takes(
     (:func:`random_backgrounds`).
 
     Each take draws its backgrounds and sensor noise from its own ``seed``, ``chunk`` frames
-    at a time, so its crops do not depend on the takes rendered with it; the bodies of whole
-    takes are drawn together, about ``batch`` frames per call (16 frames per call drew 2.4k
-    frames/s, 256 drew 4-5k: the per-operation overhead of small tensors).
+    at a time, so its crops do not depend on the takes rendered with it; the bodies are drawn
+    ``batch`` frames per call across takes (16 frames per call drew 2.4k frames/s, 256 drew
+    4-5k: the per-operation overhead of small tensors). Memory grows with the takes given
+    (backgrounds and noise of all of them): the caller passes a bounded number.
 
     Args:
         takes: per take (T, 17, 3) world joints, mm; (T, 17, 3, 3) global joint rotations in
@@ -366,42 +367,31 @@ def render_takes(
     Returns:
         per take, crops (T, S, S, 3) uint8 and boxes (T, 4) float px.
     """
-    groups, group, frames = [], [], 0
-    for take in takes:
-        if group and frames + len(take[0]) > batch:
-            groups.append(group)
-            group, frames = [], 0
-        group.append(take)
-        frames += len(take[0])
-    groups.append(group)
-    results = []
-    for group in groups:
-        joints_world = np.concatenate([joints for joints, _, _ in group])
-        rotations_world = np.concatenate([rotations for _, rotations, _ in group])
-        backgrounds, noise = [], []
-        for joints, _, seed in group:
-            generator = torch.Generator().manual_seed(seed)
-            for s in range(0, len(joints), chunk):
-                n = len(joints[s : s + chunk])
-                if backdrop is None:
-                    backgrounds.append(random_backgrounds(n, size, generator))
-                noise.append(torch.randn((n, size, size, 3), generator=generator) * 3.0)
-        noise = torch.cat(noise)
-        boxes = person_boxes(joints_world, camera)
-        if backdrop is None:
-            background = torch.cat(backgrounds)
-        else:
-            background = backdrop.crops(boxes, size, joints_world[:, 0, :2])
-        K_crop = crop_intrinsics(camera.K, boxes, size)
-        joints_cam = camera.world_to_camera(joints_world)
-        rotations_cam = camera.R @ rotations_world
-        crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
-        for s in range(0, len(boxes), batch):  # one take longer than batch: in parts
-            sl = slice(s, s + batch)
-            img = render_body(
-                joints_cam[sl], rotations_cam[sl], subject, K_crop[sl], camera, size, background[sl]
-            )
-            crops[sl] = (img + noise[sl]).round().clamp(0, 255).to(torch.uint8).numpy()
-        ends = np.cumsum([len(joints) for joints, _, _ in group])[:-1]
-        results += list(zip(np.split(crops, ends), np.split(boxes, ends), strict=True))
-    return results
+    joints_world = np.concatenate([joints for joints, _, _ in takes])
+    rotations_world = np.concatenate([rotations for _, rotations, _ in takes])
+    backgrounds, noise = [], []
+    for joints, _, seed in takes:
+        generator = torch.Generator().manual_seed(seed)
+        for s in range(0, len(joints), chunk):
+            n = len(joints[s : s + chunk])
+            if backdrop is None:
+                backgrounds.append(random_backgrounds(n, size, generator))
+            noise.append(torch.randn((n, size, size, 3), generator=generator) * 3.0)
+    noise = torch.cat(noise)
+    boxes = person_boxes(joints_world, camera)
+    if backdrop is None:
+        background = torch.cat(backgrounds)
+    else:
+        background = backdrop.crops(boxes, size, joints_world[:, 0, :2])
+    K_crop = crop_intrinsics(camera.K, boxes, size)
+    joints_cam = camera.world_to_camera(joints_world)
+    rotations_cam = camera.R @ rotations_world
+    crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    for s in range(0, len(boxes), batch):
+        sl = slice(s, s + batch)
+        img = render_body(
+            joints_cam[sl], rotations_cam[sl], subject, K_crop[sl], camera, size, background[sl]
+        )
+        crops[sl] = (img + noise[sl]).round().clamp(0, 255).to(torch.uint8).numpy()
+    ends = np.cumsum([len(joints) for joints, _, _ in takes])[:-1]
+    return list(zip(np.split(crops, ends), np.split(boxes, ends), strict=True))
