@@ -28,7 +28,7 @@ def _step_rate(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = PoseNet("resnet18", 0.5, 128, 1024, 2, 0.25, pose_frame="camera")
+    model = PoseNet("resnet18", 0.5, 128, 1024, 2, 0.25)
     if not channels_last:  # the network's input is channels_last by default
         model.normalise_images = lambda x: (  # type: ignore[method-assign]
             (x.permute(0, 3, 1, 2).float() - model.image_mean) / model.image_std

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from metricpose.errors import InputError
-from metricpose.prepare.common import crop, whole_frame_box
+from metricpose.imaging import crop, whole_frame_box
 from metricpose.skeleton import JOINT_NAMES
 
 

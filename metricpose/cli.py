@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metricpose.errors import InputError, TrainingInterrupted
+from metricpose.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from metricpose.prepare.common import SourceSequence
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -45,10 +51,61 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+PREPARE_SOURCES = ("h36m", "mpi-inf-3dhp", "panoptic", "custom")
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _source_sequences(args: argparse.Namespace) -> Iterable[SourceSequence]:
+    """The converter's sequences for parsed `metricpose prepare <source>` arguments."""
+    root, frames = Path(args.root), not args.no_frames
+    if args.source == "h36m":
+        from metricpose.prepare import h36m
+
+        if args.annotations:
+            return h36m.mmpose_sequences(root, Path(args.annotations))
+        return h36m.official_sequences(root, _csv_list(args.subjects), args.stride, frames)
+    if args.source == "mpi-inf-3dhp":
+        from metricpose.prepare import mpi_inf_3dhp
+
+        if args.annotations:
+            if not args.cameras_pickle:
+                raise InputError("--annotations (mmpose layout) needs --cameras-pickle")
+            return mpi_inf_3dhp.mmpose_sequences(
+                root, Path(args.annotations), Path(args.cameras_pickle)
+            )
+        if args.test:
+            return mpi_inf_3dhp.testset_sequences(root, args.stride, frames)
+        cameras = mpi_inf_3dhp.ALL_CAMERAS if args.all_cameras else mpi_inf_3dhp.DEFAULT_CAMERAS
+        if args.cameras:
+            cameras = tuple(int(c) for c in _csv_list(args.cameras))
+        return mpi_inf_3dhp.training_sequences(
+            root, _csv_list(args.subjects), cameras, args.stride, frames
+        )
+    if args.source == "panoptic":
+        from metricpose.prepare import panoptic
+
+        return panoptic.sequences(root, _csv_list(args.cameras), args.stride, frames)
+    if args.source == "custom":
+        from metricpose.prepare import custom
+
+        return custom.sequences(root, args.subject, args.action, args.fps, args.stride, frames)
+    raise InputError(f"unknown source {args.source!r}; choose from {', '.join(PREPARE_SOURCES)}")
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from metricpose.prepare import prepare
 
-    counts = prepare(args)
+    counts = prepare(
+        _source_sequences(args),
+        Path(args.out),
+        args.source,
+        crop_size=args.crop_size,
+        with_frames=not args.no_frames,
+        progress=not args.no_progress,
+    )
     print(
         f"{args.out}: wrote {counts['written']} sequences, kept {counts['skipped']} complete from before"
     )
@@ -100,9 +157,9 @@ def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from metricpose.api import load
-    from metricpose.predict import run_predict
+    from metricpose.predict import predict_files
 
-    summary = run_predict(
+    summary = predict_files(
         load(args.checkpoint, args.device), [Path(p) for p in args.inputs], Path(args.out),
         boxes_file=Path(args.boxes) if args.boxes else None, detector=args.detector,
         stride=args.stride, smooth=args.smooth, viz=args.viz, batch_size=args.batch_size,
@@ -115,9 +172,9 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if summary["skipped"] else 0
 
 
-def _retrieve(args: argparse.Namespace) -> None:
+def _search(args: argparse.Namespace) -> None:
     from metricpose.api import load
-    from metricpose.prepare.common import read_image
+    from metricpose.imaging import read_image
     from metricpose.search import build_search_index, gallery, query
 
     model = load(args.checkpoint, args.device)
@@ -184,7 +241,7 @@ def _add_inference_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("retrieve", help="pose search: build an index, query it with an image")
+    p = sub.add_parser("search", help="pose search: build an index, query it with an image")
     actions = p.add_subparsers(dest="action", required=True)
     b = actions.add_parser("build", help="embed a dataset or an image folder into an index")
     b.add_argument("source", help="dataset folder (project format) or folder of images")
@@ -198,7 +255,7 @@ def _add_inference_parsers(sub: argparse._SubParsersAction) -> None:
         a.add_argument("--checkpoint", required=True, help="model.pt or a training .ckpt")
         a.add_argument("--index", required=True, help="index folder")
         a.add_argument("--device", default="auto")
-    p.set_defaults(func=_retrieve)
+    p.set_defaults(func=_search)
 
     p = sub.add_parser("export", help="export the model to ONNX and/or TorchScript")
     p.add_argument("--checkpoint", required=True, help="model.pt or a training .ckpt")
@@ -229,18 +286,18 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from metricpose.evaluate import evaluate_checkpoint, format_table
 
-    subjects = args.subjects.split(",") if args.subjects else None
+    subjects = _csv_list(args.subjects)
     scores = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), subjects, args.stride)
     print(format_table(scores))
     if args.out:
-        Path(args.out).write_text(json.dumps(scores, indent=1))
+        atomic_write_text(Path(args.out), json.dumps(scores, indent=1))
         print(f"wrote {args.out}")
 
 
 def _pseudo_label(args: argparse.Namespace) -> None:
     from metricpose.pseudo_labels import write_pseudo_labels
 
-    subjects = args.subjects.split(",") if args.subjects else None
+    subjects = _csv_list(args.subjects)
     index = write_pseudo_labels(Path(args.checkpoint), Path(args.data), Path(args.out), subjects)
     fallback = sum(len(s["fallback_frames"]) for s in index["sequences"].values())
     frames = sum(s["frames"] for s in index["sequences"].values())
@@ -257,7 +314,7 @@ def _retrieval(args: argparse.Namespace) -> None:
 
     from metricpose.checkpoint import load_model
     from metricpose.data.dataset import MultiViewDataset
-    from metricpose.evaluate import predict
+    from metricpose.evaluate import predict_dataset
     from metricpose.retrieval import (
         evaluate_retrieval,
         protocol,
@@ -271,9 +328,9 @@ def _retrieval(args: argparse.Namespace) -> None:
     if args.keys_in and len(args.keys_in) > 1 and not prvipe:
         raise InputError("--keys-in takes one file (several only with --protocol pr-vipe)")
     model, config = load_model(Path(args.checkpoint))
-    subjects = args.subjects.split(",") if args.subjects else config["data"]["test_subjects"]
+    subjects = _csv_list(args.subjects) or config["data"]["test_subjects"]
     dataset = MultiViewDataset(Path(args.data), subjects=subjects, num_views=1)
-    pred = predict(model, dataset)
+    pred = predict_dataset(model, dataset)
     if prvipe:
         takes = {
             seq.name: (
@@ -302,8 +359,9 @@ def _retrieval(args: argparse.Namespace) -> None:
             + " |"
         )
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({**result, **({"per_pair": per_pair} if prvipe else {})}, indent=1)
+        atomic_write_text(
+            Path(args.out),
+            json.dumps({**result, **({"per_pair": per_pair} if prvipe else {})}, indent=1),
         )
 
 
@@ -317,7 +375,7 @@ def _demo(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         threads=args.threads,
         overrides=args.set,
-        variants=tuple(args.variants.split(",")) if args.variants else None,
+        variants=tuple(_csv_list(args.variants)) if args.variants else None,
         workers=args.jobs,
     )
 
@@ -463,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override applied to every variant (ablations, e.g. model.pose_frame=camera)",
+        help="config override applied to every variant (ablations, e.g. model.regressor_input=embedding+features)",
     )
     p.add_argument(
         "--variants",

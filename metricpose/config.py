@@ -156,8 +156,22 @@ def load_config(
     return config
 
 
-def _choice(config: dict[str, Any], key: str, options: tuple[Any, ...]) -> None:
+#: The values each choice option accepts; the modules that act on them name the same lists in
+#: their own errors (for direct library use without a config).
+CHOICES: dict[str, tuple[str | int, ...]] = {
+    "model.backbone": ("resnet18", "resnet34", "resnet50"),
+    "model.regressor_input": ("embedding", "embedding+features"),
+    "loss.pose": ("l2", "l1"),
+    "loss.metric": ("infonce", "hardnet"),
+    "train.nonfinite": ("stop", "skip"),
+    "train.accelerator": ("auto", "cpu", "gpu", "cuda"),
+    "batch.unlabelled_views": (2, 4),
+}
+
+
+def _choice(config: dict[str, Any], key: str) -> None:
     section, name = key.split(".")
+    options = CHOICES[key]
     if config[section][name] not in options:
         raise ConfigError(
             f"{key!r} must be one of {', '.join(map(str, options))}, got {config[section][name]!r}"
@@ -175,16 +189,8 @@ def _positive(config: dict[str, Any], key: str, allow_zero: bool = False) -> Non
 
 def validate(config: dict[str, Any]) -> None:
     """Check ranges and choices; raise ConfigError naming the key."""
-    _choice(config, "model.backbone", ("resnet18", "resnet34", "resnet50"))
-    _choice(config, "model.pose_frame", ("body", "camera"))
-    _choice(config, "model.orientation_from", ("pooled", "layer4", "layer3", "separate"))
-    _choice(config, "model.regressor_input", ("embedding", "embedding+features"))
-    _choice(config, "loss.pose", ("l2", "l1"))
-    _choice(config, "loss.metric", ("hardnet", "infonce", "contrastive"))
-    _choice(config, "loss.negatives", ("same_subject", "any"))
-    _choice(config, "loss.mining", ("hardest", "semihard"))
-    _choice(config, "train.nonfinite", ("stop", "skip"))
-    _choice(config, "train.accelerator", ("auto", "cpu", "gpu", "cuda"))
+    for key in CHOICES:
+        _choice(config, key)
     for key in (
         "model.width",
         "model.embedding_dim",
@@ -199,7 +205,6 @@ def validate(config: dict[str, Any]) -> None:
         "loss.pose_weight",
         "loss.metric_weight",
         "loss.adversarial_weight",
-        "loss.consistency_weight",
         "loss.calibrated_weight",
         "loss.bone_weight",
         "loss.triangulation_weight",
@@ -222,7 +227,6 @@ def validate(config: dict[str, Any]) -> None:
         )
     if not 0.0 <= config["model"]["dropout"] < 1.0:
         raise ConfigError(f"'model.dropout' must be in [0, 1), got {config['model']['dropout']}")
-    _choice(config, "batch.unlabelled_views", (2, 4))
     if config["loss"]["triangulation_weight"] > 0:
         unlabelled = config["batch"]["size"] - round(
             config["batch"]["labelled_fraction"] * config["batch"]["size"]
@@ -233,11 +237,12 @@ def validate(config: dict[str, Any]) -> None:
                 "'batch.unlabelled_views=4' and leave an even, non-zero number of unlabelled slots per batch "
                 f"(now {config['batch']['unlabelled_views']} views, {unlabelled} slots)"
             )
-    for key in ("consistency_weight", "calibrated_weight", "triangulation_weight"):
+    for key in ("calibrated_weight", "triangulation_weight"):
         if config["augment"]["flip"] and config["loss"][key] > 0:
             raise ConfigError(
                 f"'augment.flip' mirrors the images but not the camera rotations that 'loss.{key}' uses; disable one"
             )
+    _positive(config, "loss.temperature")
     _positive(config, "loss.calibrated_temperature_mm")
     if not 0.0 < config["data"]["pseudo_labels_keep"] <= 1.0:
         raise ConfigError(

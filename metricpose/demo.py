@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from metricpose import __version__
-from metricpose.checkpoint import atomic_write_bytes, load_model
+from metricpose.checkpoint import load_model
 from metricpose.config import PRESETS as VARIANTS
 from metricpose.config import load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import open_dataset
 from metricpose.errors import InputError
-from metricpose.evaluate import Predictions, predict, score
+from metricpose.evaluate import Predictions, predict_dataset, score
+from metricpose.fileio import atomic_write_text
 from metricpose.metrics import fuse_views, mpjpe, orientation_decomposition
 from metricpose.probe import heading_probe, identity_probe
 from metricpose.pseudo_labels import write_pseudo_labels
@@ -196,7 +197,9 @@ def _score(
     summary = json.loads((run.run_dir / "train_summary.json").read_text())
     model, _ = load_model(run.run_dir / "model.pt")
     test = MultiViewDataset(scoring.data, subjects=scoring.test_subjects, num_views=1)
-    pred = predict(model, test, frame_stride=preset.eval_stride, keep_images=run.keep_images)
+    pred = predict_dataset(
+        model, test, frame_stride=preset.eval_stride, keep_images=run.keep_images
+    )
     scores = score(pred)
     retrieval = evaluate_retrieval(
         pred, preset.query_stride, seed=run.seed, references=run.references
@@ -205,7 +208,7 @@ def _score(
     if len(set(pred.subject)) > 1:  # the cross-subject variant needs two test subjects
         cross = evaluate_retrieval(pred, preset.query_stride, cross_subject=True, references=False)
     train_set = MultiViewDataset(scoring.data, subjects=scoring.train_subjects, num_views=1)
-    train_pred = predict(model, train_set, frame_stride=preset.probe_stride)
+    train_pred = predict_dataset(model, train_set, frame_stride=preset.probe_stride)
     probe = identity_probe(train_pred, seed=run.seed)
     heading = heading_probe(train_pred, pred)
     row = {
@@ -416,7 +419,7 @@ def run_demo(
         "version": __version__,
         "total_seconds": time.perf_counter() - began,
     }
-    atomic_write_bytes(out / "results.json", json.dumps(document, indent=1).encode())
+    atomic_write_text(out / "results.json", json.dumps(document, indent=1))
     write_report(out, document, gallery)
     print()
     print(summary_table(document))

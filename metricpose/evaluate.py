@@ -43,7 +43,7 @@ class NonFinitePredictionError(InputError):
 
 
 @torch.no_grad()
-def predict(
+def predict_dataset(
     model: torch.nn.Module,
     dataset: MultiViewDataset,
     frame_stride: int = 1,
@@ -180,7 +180,7 @@ def evaluate_checkpoint(
     )
     try:
         return score(
-            predict(model, dataset, frame_stride=frame_stride),
+            predict_dataset(model, dataset, frame_stride=frame_stride),
             headline="overall" if mpi_test else "action_mean",
         )
     except NonFinitePredictionError as exc:

@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import nn
 
 from metricpose.cameras import triangulate_views
+from metricpose.config import CHOICES
 from metricpose.skeleton import BONES, FLIP_INDEX, ROOT
 
 
@@ -22,7 +23,7 @@ def pose_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2") -> tor
         return torch.linalg.norm(pred - target, dim=-1).mean()
     if kind == "l1":
         return (pred - target).abs().mean()
-    raise ValueError(f"unknown pose loss {kind!r}; expected 'l2' or 'l1'")
+    raise ValueError(f"unknown pose loss {kind!r}; expected one of {CHOICES['loss.pose']}")
 
 
 def negative_mask(
@@ -30,17 +31,16 @@ def negative_mask(
     frame: torch.Tensor,
     subject: torch.Tensor,
     time_window: int,
-    same_subject_only: bool,
     sequence_other: torch.Tensor | None = None,
     frame_other: torch.Tensor | None = None,
     subject_other: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, B') bool: which instants may serve as negatives for each anchor.
 
-    An instant is never a negative for itself or for frames of its own sequence closer than
-    ``time_window`` frames (they may show the same pose). With ``same_subject_only``,
-    negatives come from the anchor's own subject only: other people can be told apart by
-    their looks alone, which teaches identity instead of pose.
+    Negatives come from the anchor's own subject only: other people can be told apart by
+    their looks alone, which teaches identity instead of pose. An instant is never a negative
+    for itself or for frames of its own sequence closer than ``time_window`` frames (they may
+    show the same pose).
     """
     sequence_other = sequence if sequence_other is None else sequence_other
     frame_other = frame if frame_other is None else frame_other
@@ -48,10 +48,7 @@ def negative_mask(
     near = (sequence[:, None] == sequence_other[None]) & (
         (frame[:, None] - frame_other[None]).abs() < time_window
     )
-    mask = ~near
-    if same_subject_only:
-        mask &= subject[:, None] == subject_other[None]
-    return mask
+    return ~near & (subject[:, None] == subject_other[None])
 
 
 def ddp_share(count: torch.Tensor | int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -109,39 +106,56 @@ def info_nce(
     return loss
 
 
+def hardest_negative_loss(
+    d_pos: torch.Tensor, d_ap: torch.Tensor, d_pa: torch.Tensor, valid: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triplet margin loss with each anchor's hardest valid negative over both directions
+    (a_i vs p_j and a_j vs p_i, as in HardNet). It collapsed in our measurements: the nearest
+    "negative" is often the same pose at another time (docs/design.md); InfoNCE replaced it.
+
+    Args: as :func:`info_nce`; ``margin`` on unit-sphere Euclidean distances.
+
+    Returns:
+        the mean over anchors with a negative, and (B,) each anchor's hardest-negative distance
+        (inf where it has none).
+    """
+    inf = torch.finfo(d_ap.dtype).max
+    candidates = torch.cat([d_ap.masked_fill(~valid, inf), d_pa.masked_fill(~valid, inf)], dim=1)
+    hardest = candidates.min(1).values
+    has_negative = valid.any(dim=1)
+    return torch.relu(margin + d_pos - hardest)[has_negative].mean(), hardest
+
+
 def multiview_metric_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,
     sequence: torch.Tensor,
     frame: torch.Tensor,
     subject: torch.Tensor,
+    time_window: int,
+    kind: str = "infonce",
+    temperature: float = 0.1,
     margin: float = 0.5,
-    time_window: int = 10,
-    same_subject_only: bool = True,
-    kind: str = "hardnet",
-    mining: str = "hardest",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Metric loss between embeddings of the same instants seen from two cameras.
+    """Metric loss between embeddings of the same instants seen from two cameras: the other
+    view of an instant must be nearer than the same person's other instants
+    (:func:`negative_mask`).
 
     Args:
-        anchor, positive: (B, D) embeddings of instant i from camera a and camera b.
+        anchor, positive: (B, D) unit-norm embeddings of instant i from camera a and camera b.
         sequence, frame, subject: (B,) ids of each instant.
-        margin: required gap between positive and negative distances (Euclidean, on the
-            unit sphere, so in [0, 2]).
-        kind: ``hardnet`` — triplet margin loss with the hardest valid negative per anchor,
-            taken over both directions (a_i vs p_j and a_j vs p_i, as in HardNet);
-            ``contrastive`` — squared positive distance plus squared hinge on every valid
-            negative pair; ``infonce`` — cross-entropy of finding the positive among the valid
-            negatives, logits -d²/margin (margin acts as the temperature).
-        mining: for ``hardnet``, ``hardest`` takes the nearest valid negative; ``semihard``
-            the nearest one farther than the positive (FaceNet), falling back to the hardest.
+        time_window: frames of one sequence closer than this are never negatives.
+        kind: ``infonce`` (:func:`info_nce` on squared distances, ``temperature``) or
+            ``hardnet`` (:func:`hardest_negative_loss`, ``margin``).
 
     Under DDP, the other processes' embeddings (and ids) join the pool of negatives.
 
     Returns:
-        the loss and diagnostics: mean positive distance, mean hardest-negative distance and
-        the share of anchors that had a valid negative.
+        the loss and diagnostics: mean positive distance, mean negative distance (hardnet: the
+        hardest), the share of anchors that had a valid negative, and the pool's size.
     """
+    if kind not in CHOICES["loss.metric"]:
+        raise ValueError(f"unknown metric loss {kind!r}; expected one of {CHOICES['loss.metric']}")
     all_pos = _gather_with_grad(positive)
     all_anchor = _gather_with_grad(anchor)
     ids = [_gather_with_grad(x) for x in (sequence, frame, subject)]
@@ -151,7 +165,7 @@ def multiview_metric_loss(
     B = anchor.shape[0]
     local = torch.arange(B, device=anchor.device) + rank_offset
 
-    valid = negative_mask(sequence, frame, subject, time_window, same_subject_only, *ids)
+    valid = negative_mask(sequence, frame, subject, time_window, *ids)
     valid[torch.arange(B), local] = False
     d_ap = torch.cdist(anchor, all_pos)  # (B, B_all): a_i vs p_j
     d_pa = torch.cdist(positive, all_anchor)  # (B, B_all): p_i vs a_j
@@ -166,38 +180,13 @@ def multiview_metric_loss(
     if not has_negative.any():
         stats["d_neg"] = torch.tensor(float("nan"), device=anchor.device)
         return anchor.sum() * 0.0, stats
-
     if kind == "hardnet":
-        inf = torch.finfo(d_ap.dtype).max
-        candidates = torch.cat(
-            [d_ap.masked_fill(~valid, inf), d_pa.masked_fill(~valid, inf)], dim=1
-        )
-        hardest = candidates.min(1).values
-        if mining == "semihard":
-            # The nearest negative that is still farther than the positive; the hardest one
-            # otherwise. Nearer "negatives" are often the same pose at another time (repeated
-            # motion cycles), and pushing them away collapses the embedding.
-            farther = (
-                candidates.masked_fill(candidates <= d_pos[:, None].detach(), inf).min(1).values
-            )
-            hardest = torch.where(farther < inf, farther, hardest)
-        elif mining != "hardest":
-            raise ValueError(f"unknown mining {mining!r}; expected 'hardest' or 'semihard'")
-        loss = torch.relu(margin + d_pos - hardest)[has_negative].mean() * share
+        loss, hardest = hardest_negative_loss(d_pos, d_ap, d_pa, valid, margin)
         stats["d_neg"] = hardest[has_negative].mean().detach()
-    elif kind == "infonce":
-        # ``margin`` is the temperature here, on squared distances.
-        loss = info_nce(d_pos.pow(2), d_ap.pow(2), d_pa.pow(2), valid, margin) * share
-        stats["d_neg"] = d_ap[valid].mean().detach()
-    elif kind == "contrastive":
-        neg = torch.relu(margin - torch.cat([d_ap[valid], d_pa[valid]])) ** 2
-        loss = (d_pos**2).mean() + neg.mean() * ddp_share(neg.numel(), anchor.device)
-        stats["d_neg"] = d_ap[valid].mean().detach()
     else:
-        raise ValueError(
-            f"unknown metric loss {kind!r}; expected 'hardnet', 'infonce' or 'contrastive'"
-        )
-    return loss, stats
+        loss = info_nce(d_pos.pow(2), d_ap.pow(2), d_pa.pow(2), valid, temperature)
+        stats["d_neg"] = d_ap[valid].mean().detach()
+    return loss * share, stats
 
 
 def pose_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -241,7 +230,7 @@ def calibrated_metric_loss(
     ids = [_gather_with_grad(x) for x in (sequence, frame, subject)]
     B = pose_a.shape[0]
     offset = dist.get_rank() * B if all_a.shape[0] != B else 0
-    valid = negative_mask(sequence, frame, subject, time_window, True, *ids)
+    valid = negative_mask(sequence, frame, subject, time_window, *ids)
     valid[torch.arange(B), torch.arange(B) + offset] = False
     d_pos = torch.linalg.norm(world_a - world_b, dim=-1).mean(-1)
     d_ap, d_pa = pose_distances(world_a, all_b), pose_distances(world_b, all_a)
@@ -277,25 +266,6 @@ def bone_length_loss(pose: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
     mirror = [BONES.index((FLIP_INDEX[p], FLIP_INDEX[c])) for p, c in BONES]
     asymmetry = (lengths - lengths[:, mirror]).abs().mean()
     return deviation + asymmetry
-
-
-def multiview_consistency_loss(
-    pose_a: torch.Tensor, pose_b: torch.Tensor, R_a: torch.Tensor, R_b: torch.Tensor
-) -> torch.Tensor:
-    """Disagreement of two views' predictions of one instant once both are rotated into the
-    world frame (Rhodin et al. 2018): mean per-joint distance between Rₐᵀ·pose_a and R_bᵀ·pose_b.
-
-    Needs the cameras' rotations (calibration) but no 3D label; it is meant to reach the
-    orientation head, which the view-invariant metric loss cannot. In the studio it is
-    satisfied by a shortcut instead (backgrounds identify the camera; docs/design.md).
-
-    Args:
-        pose_a, pose_b: (B, 17, 3) root-relative camera-frame poses (any unit).
-        R_a, R_b: (B, 3, 3) world -> camera rotations.
-    """
-    world_a = pose_a @ R_a  # rows: (Rₐᵀ x)ᵀ = xᵀ Rₐ
-    world_b = pose_b @ R_b
-    return torch.linalg.norm(world_a - world_b, dim=-1).mean()
 
 
 def triangulation_loss(

@@ -132,7 +132,7 @@ def all_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 def orientation_decomposition(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     """Split camera-frame error into the body's orientation and the pose in the body frame.
 
-    The body frame (right = left-to-right hip, up = pelvis-to-thorax, ``posenet.body_frame``)
+    The body frame (right = left-to-right hip, up = pelvis-to-thorax, ``skeleton.body_frame``)
     of each (N, 17, 3) root-relative camera-frame pose (mm) is compared with the true one:
     ``orientation_error_deg`` is the median angle of the rotation between them (median: a
     front/back confusion costs up to 180°), ``body_frame_mpjpe`` the MPJPE (mm) once the
@@ -142,7 +142,7 @@ def orientation_decomposition(pred: np.ndarray, gt: np.ndarray) -> dict[str, flo
     """
     import torch
 
-    from metricpose.models.posenet import body_frame
+    from metricpose.skeleton import body_frame
 
     pred, gt = _root_align(*_check(pred, gt))
     frame_pred = body_frame(torch.as_tensor(pred)).numpy()

@@ -10,6 +10,7 @@ skipped; the others' results are kept.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from metricpose.api import PoseModel
-from metricpose.checkpoint import atomic_write_bytes
 from metricpose.errors import InputError
-from metricpose.prepare.common import (
+from metricpose.fileio import atomic_write_bytes, atomic_write_text
+from metricpose.imaging import (
+    BOX_MARGIN,
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     iter_video,
@@ -31,8 +33,6 @@ from metricpose.prepare.common import (
 from metricpose.skeleton import JOINT_NAMES
 
 UNITS = "millimetres, root-relative (pelvis at 0), camera frame (x right, y down, z forward)"
-#: A detected person box is made square and enlarged by this factor, like the training crops.
-DETECTION_MARGIN = 1.25
 
 
 def discover_inputs(inputs: list[Path]) -> list[Path]:
@@ -134,7 +134,11 @@ class PersonDetector:
         if not keep.any():
             return None
         x0, y0, x1, y1 = out["boxes"][keep][out["scores"][keep].argmax()].cpu().numpy()
-        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * DETECTION_MARGIN
+        cx, cy, side = (
+            (x0 + x1) / 2,
+            (y0 + y1) / 2,
+            max(x1 - x0, y1 - y0) * BOX_MARGIN,
+        )  # like the training crops
         return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
@@ -153,7 +157,7 @@ def overlay_joints(pose_mm: np.ndarray, box: np.ndarray) -> np.ndarray:
     """
     xy = pose_mm[:, :2] - (pose_mm[:, :2].max(0) + pose_mm[:, :2].min(0)) / 2
     extent = max(np.abs(xy).max() * 2, 1e-6)
-    scale = (box[2] - box[0]) / DETECTION_MARGIN / extent
+    scale = (box[2] - box[0]) / BOX_MARGIN / extent
     return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]) - 0.5 + xy * scale
 
 
@@ -202,7 +206,7 @@ class _Results:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def run_predict(
+def predict_files(
     model: PoseModel,
     inputs: list[Path],
     out: Path,
@@ -287,9 +291,9 @@ def _write_outputs(out: Path, r: _Results, smooth: int) -> dict[str, object]:
     }  # fmt: skip
     if smooth > 1:
         arrays["poses_smoothed_mm"] = smoothed
-    with open(out / "predictions.npz.partial", "wb") as f:
-        np.savez(f, **arrays)
-    (out / "predictions.npz.partial").replace(out / "predictions.npz")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(out / "predictions.npz", buffer.getvalue())
     document = {
         "units": UNITS,
         "joint_names": list(JOINT_NAMES),
@@ -309,5 +313,5 @@ def _write_outputs(out: Path, r: _Results, smooth: int) -> dict[str, object]:
         ],
         "skipped": r.skipped,
     }
-    atomic_write_bytes(out / "predictions.json", json.dumps(document).encode())
+    atomic_write_text(out / "predictions.json", json.dumps(document))
     return {"frames": len(r.frames), "skipped": len(r.skipped), "out": str(out)}

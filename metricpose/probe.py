@@ -53,7 +53,7 @@ def identity_probe(pred: Predictions, seed: int = 0, steps: int = 200) -> dict[s
 def heading_angles(poses_cam: np.ndarray) -> np.ndarray:
     """(N,) heading in radians: the yaw of the body's forward axis in the camera's x-z plane
     (0 = facing away from the camera along +z) from (N, 17, 3) root-relative camera-frame poses."""
-    from metricpose.models.posenet import body_frame
+    from metricpose.skeleton import body_frame
 
     forward = body_frame(torch.as_tensor(poses_cam, dtype=torch.float64))[..., :, 1].numpy()
     return np.arctan2(forward[:, 0], forward[:, 2])

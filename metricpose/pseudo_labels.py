@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from metricpose.cameras import crop_intrinsics, triangulate_views
-from metricpose.checkpoint import atomic_write_bytes, load_model
+from metricpose.checkpoint import load_model
 from metricpose.data.dataset import MultiViewDataset
-from metricpose.data.format import DatasetError, Sequence, open_dataset
+from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
 from metricpose.errors import InputError
+from metricpose.fileio import atomic_write_bytes, atomic_write_text
 from metricpose.skeleton import BONES
 
 INDEX_FILE = "pseudo_labels.json"
@@ -46,7 +47,7 @@ _SAVE_EVERY_S = 10.0
 
 
 def triangulated_poses(
-    model: torch.nn.Module, seq: Sequence, batch_size: int = 256
+    model: torch.nn.Module, seq: SequenceFolder, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model's predictions of every camera of ``seq`` triangulated into world poses.
 
@@ -81,7 +82,7 @@ def triangulated_poses(
     return world.numpy(), residual.numpy(), wild.numpy()
 
 
-def _frames(seq: Sequence, start: int, stop: int) -> np.ndarray:
+def _frames(seq: SequenceFolder, start: int, stop: int) -> np.ndarray:
     """Crops [start, stop) of all cameras' frames laid end to end (camera-major), (N, S, S, 3).
 
     Batches then span cameras: a demo sequence has 16 frames per camera, and labelling with
@@ -154,11 +155,11 @@ def write_pseudo_labels(
         # The index lists only written sequences; saving it every few seconds, not after each
         # of hundreds of sequences, costs an interrupted run at most those seconds of labelling.
         if time.monotonic() - saved > _SAVE_EVERY_S:
-            atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+            atomic_write_text(index_path, json.dumps(index, indent=1))
             saved = time.monotonic()
     if not index["sequences"]:
         raise InputError(f"{data}: no sequence of {subjects} has two cameras to triangulate")
-    atomic_write_bytes(index_path, json.dumps(index, indent=1).encode())
+    atomic_write_text(index_path, json.dumps(index, indent=1))
     return index
 
 

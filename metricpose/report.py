@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 
 from metricpose.config import PRESETS as VARIANTS  # noqa: E402
 from metricpose.evaluate import Predictions  # noqa: E402
-from metricpose.retrieval import protocol, search  # noqa: E402
+from metricpose.fileio import atomic_write_text
+from metricpose.retrieval import nearest_neighbours, protocol  # noqa: E402
 from metricpose.viz import plot_skeleton_3d  # noqa: E402
 
 #: The label setting of the ceiling run: every training subject's 3D labels.
@@ -114,7 +115,7 @@ def plot_gallery(
     rs = protocol(pred)[0]
     rng = np.random.default_rng(seed)
     picks = rng.choice(rs.queries, size=min(queries, len(rs.queries)), replace=False)
-    nn = search(pred.embedding[rs.database], pred.embedding[picks], k)
+    nn = nearest_neighbours(pred.embedding[rs.database], pred.embedding[picks], k)
     fig = plt.figure(figsize=(2 * (k + 1), 4.2 * len(picks)))
     for row, (q, neighbours) in enumerate(zip(picks, nn, strict=True)):
         items = [q, *rs.database[neighbours]]
@@ -273,4 +274,4 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
         "single runs can then differ by a few millimetres — compare variants over seeds (`--preset seeds`), not single runs. "
         "Runs, checkpoints and logs are under `runs/`.\n"
     )
-    (out / "report.md").write_text("".join(lines))
+    atomic_write_text(out / "report.md", "".join(lines))

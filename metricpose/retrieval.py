@@ -40,9 +40,9 @@ import torch
 
 from metricpose.errors import InputError
 from metricpose.evaluate import Predictions
+from metricpose.fileio import atomic_write_text
 from metricpose.metrics import pa_mpjpe_per_sample
-from metricpose.models.posenet import body_frame
-from metricpose.skeleton import ROOT, SPINE, THORAX, root_relative
+from metricpose.skeleton import ROOT, SPINE, THORAX, body_frame, root_relative
 
 KS = (1, 5, 10, 20)
 
@@ -62,7 +62,7 @@ def build_index(vectors: np.ndarray, ivf_lists: int = 0, nprobe: int = 0) -> fai
     return index
 
 
-def search(
+def nearest_neighbours(
     database: np.ndarray, queries: np.ndarray, k: int, ivf_lists: int = 0, nprobe: int = 0
 ) -> np.ndarray:
     """(Q, k) database row indices of each query's k nearest neighbours, nearest first."""
@@ -248,7 +248,7 @@ def evaluate_retrieval(
         )
     kmax = max(KS)
     emb = [
-        search(pred.embedding[rs.database], pred.embedding[rs.queries], kmax, ivf_lists)
+        nearest_neighbours(pred.embedding[rs.database], pred.embedding[rs.queries], kmax, ivf_lists)
         for rs in sets
     ]
 
@@ -278,7 +278,7 @@ def evaluate_retrieval(
     # Oracle: nearest by the true pose itself, in the body-centred frame (no view, no heading).
     gt = torch.as_tensor(pred.pose_gt)
     flat = (gt @ body_frame(gt)).reshape(len(gt), -1).numpy()
-    oracle = [search(flat[rs.database], flat[rs.queries], kmax) for rs in sets]
+    oracle = [nearest_neighbours(flat[rs.database], flat[rs.queries], kmax) for rs in sets]
     rng = np.random.default_rng(seed)
     random = [
         rng.integers(len(rs.database), size=(len(rs.queries), min(kmax, len(rs.database))))
@@ -299,7 +299,7 @@ def write_keys(path: Path, pred: Predictions, sets: list[RetrievalSet]) -> None:
                 f"{role} {rs.label} {pred.sequence[i]} {pred.frame[i]} {pred.camera[i]}"
                 for i in rows
             )
-    Path(path).write_text("\n".join(lines) + "\n")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
 def read_keys(path: Path, pred: Predictions) -> list[RetrievalSet]:

@@ -1,4 +1,4 @@
-"""`metricpose retrieve`: a saved pose-search index over a dataset or an image folder.
+"""`metricpose search`: a saved pose-search index over a dataset or an image folder.
 
 An index folder holds ``index.faiss`` (the embeddings; exact or IVF) and ``items.json`` (what
 each row is: a dataset crop ``{"dataset", "sequence", "camera", "frame"}`` or an image file
@@ -17,8 +17,8 @@ import faiss
 import numpy as np
 
 from metricpose.api import PoseModel
-from metricpose.checkpoint import atomic_write_bytes
 from metricpose.errors import InputError
+from metricpose.fileio import atomic_write_bytes, atomic_write_text
 from metricpose.retrieval import build_index
 
 INDEX_FILE, ITEMS_FILE = "index.faiss", "items.json"
@@ -30,14 +30,14 @@ def build_search_index(
     """Embed every crop of a dataset (every ``stride``-th instant) or every image of a folder."""
     from metricpose.data.dataset import MultiViewDataset
     from metricpose.data.format import is_complete
-    from metricpose.evaluate import predict
+    from metricpose.evaluate import predict_dataset
+    from metricpose.imaging import IMAGE_SUFFIXES, read_image
     from metricpose.predict import discover_inputs
-    from metricpose.prepare.common import IMAGE_SUFFIXES, read_image
 
     source, out = Path(source), Path(out)
     began = time.perf_counter()
     if source.is_dir() and any(is_complete(p) for p in source.iterdir() if p.is_dir()):
-        pred = predict(
+        pred = predict_dataset(
             model.network, MultiViewDataset(source, num_views=1), stride, device=model.device
         )
         vectors = pred.embedding
@@ -63,10 +63,8 @@ def build_search_index(
     index = build_index(vectors, ivf_lists=ivf_lists)
     build_seconds = time.perf_counter() - began
     out.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(out / INDEX_FILE))
-    atomic_write_bytes(
-        out / ITEMS_FILE, json.dumps({"crop_size": model.crop_size, "items": items}).encode()
-    )
+    atomic_write_bytes(out / INDEX_FILE, faiss.serialize_index(index).tobytes())
+    atomic_write_text(out / ITEMS_FILE, json.dumps({"crop_size": model.crop_size, "items": items}))
     return {
         "items": len(items),
         "embed_seconds": embed_seconds,
@@ -80,7 +78,7 @@ def load_search_index(folder: Path) -> tuple[faiss.Index, list[dict[str, Any]]]:
     for name in (INDEX_FILE, ITEMS_FILE):
         if not (folder / name).is_file():
             raise InputError(
-                f"{folder / name}: not found (build the index with `metricpose retrieve build`)"
+                f"{folder / name}: not found (build the index with `metricpose search build`)"
             )
     try:
         index = faiss.read_index(str(folder / INDEX_FILE))
@@ -96,11 +94,11 @@ def load_search_index(folder: Path) -> tuple[faiss.Index, list[dict[str, Any]]]:
 
 def item_crop(item: dict[str, Any], size: int) -> np.ndarray:
     """The (size, size, 3) picture of an index row, read back from its source."""
-    from metricpose.data.format import Sequence
-    from metricpose.prepare.common import crop, read_image
+    from metricpose.data.format import SequenceFolder
+    from metricpose.imaging import crop, read_image
 
     if "dataset" in item:
-        seq = Sequence(Path(item["dataset"]) / item["sequence"], check_frames=False)
+        seq = SequenceFolder(Path(item["dataset"]) / item["sequence"], check_frames=False)
         return crop(
             np.asarray(seq.frames(item["camera"])[item["frame"]]),
             np.array([0, 0, seq.meta.crop_size, seq.meta.crop_size], float),
@@ -134,7 +132,7 @@ def gallery(
     query_image: np.ndarray, results: list[dict[str, Any]], path: Path, size: int = 128
 ) -> None:
     """A PNG row: the query, then the results nearest first, with their distances."""
-    from metricpose.prepare.common import crop, whole_frame_box
+    from metricpose.imaging import crop, whole_frame_box
     from metricpose.viz import plt
 
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(2 * (len(results) + 1), 2.3))

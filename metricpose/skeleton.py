@@ -5,7 +5,12 @@ Every pose array in metricpose uses this order (shape (..., 17, 3), millimetres)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 JOINT_NAMES: tuple[str, ...] = (
     "pelvis",  # 0, the root
@@ -30,6 +35,8 @@ NUM_JOINTS = len(JOINT_NAMES)
 ROOT = 0
 SPINE = JOINT_NAMES.index("spine")
 THORAX = JOINT_NAMES.index("thorax")
+RIGHT_HIP = JOINT_NAMES.index("right_hip")
+LEFT_HIP = JOINT_NAMES.index("left_hip")
 
 #: Parent of each joint; the root's parent is -1.
 PARENTS: tuple[int, ...] = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15)
@@ -134,6 +141,31 @@ def remap_joints(poses: np.ndarray, source_index: tuple[int, ...]) -> tuple[np.n
     out = np.full(poses.shape[:-2] + (NUM_JOINTS, poses.shape[-1]), np.nan, dtype=np.float64)
     out[..., exists, :] = poses[..., index[exists], :]
     return out, exists
+
+
+def body_frame(pose_cam: torch.Tensor) -> torch.Tensor:
+    """Rotation from the body-centred frame to the pose's frame (torch).
+
+    Right: left hip -> right hip; up: pelvis -> thorax made orthogonal to right; forward:
+    up × right.
+
+    Args:
+        pose_cam: (..., 17, 3) root-relative pose (any length unit).
+
+    Returns:
+        (..., 3, 3) matrix whose columns are the body's right, forward and up axes.
+    """
+    import torch
+
+    right = torch.nn.functional.normalize(
+        pose_cam[..., RIGHT_HIP, :] - pose_cam[..., LEFT_HIP, :], dim=-1
+    )
+    spine = pose_cam[..., THORAX, :] - pose_cam[..., ROOT, :]
+    up = torch.nn.functional.normalize(
+        spine - (spine * right).sum(-1, keepdim=True) * right, dim=-1
+    )
+    forward = torch.cross(up, right, dim=-1)
+    return torch.stack([right, forward, up], dim=-1)
 
 
 def root_relative(poses: np.ndarray) -> np.ndarray:

@@ -18,33 +18,28 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from metricpose.checkpoint import (
-    AtomicCheckpointIO,
-    atomic_write_bytes,
-    build_model,
-    check_free_space,
-    check_output_folder,
-    no_empty_output_on_failure,
-    remove_stale_temporaries,
-    safe_load,
-    save_model,
-)
+from metricpose.checkpoint import AtomicCheckpointIO, build_model, safe_load, save_model
 from metricpose.config import parse_labels
 from metricpose.data.dataset import FrameKey, MultiViewDataset
 from metricpose.data.sampler import MixedBatchSampler
 from metricpose.errors import InputError, TrainingInterrupted
+from metricpose.fileio import (
+    atomic_write_text,
+    check_free_space,
+    check_output_folder,
+    no_empty_output_on_failure,
+    remove_stale_temporaries,
+)
 from metricpose.losses import (
     IdentityAdversary,
     adversary_coefficient,
     bone_length_loss,
     calibrated_metric_loss,
     ddp_share,
-    multiview_consistency_loss,
     multiview_metric_loss,
     pose_loss,
     triangulation_loss,
 )
-from metricpose.models.posenet import body_frame
 from metricpose.pseudo_labels import apply_pseudo_labels
 from metricpose.skeleton import FLIP_INDEX
 
@@ -312,7 +307,7 @@ def mirror_instants(batch: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[
     """Mirror whole instants (every view of the chosen ones): images flipped left-right, poses
     mirrored in the camera's x axis with left and right joints swapped. A mirrored instant is
     still a valid multi-view pair, of a mirrored world; the camera rotations are not mirrored,
-    so this must not be combined with the multi-view consistency loss (the config refuses it).
+    so this must not be combined with the losses that use them (the config refuses it).
 
     flip: (B,) bool.
     """
@@ -348,6 +343,34 @@ class StepBatches(IterableDataset):
             yield self.collate(self.sampler.batch(step))
 
 
+#: The config weight (``loss.<name>``) of each loss term ``PoseModule._loss_terms`` returns.
+_WEIGHT_OF_TERM = {
+    "pose": "pose_weight",
+    "metric": "metric_weight",
+    "calibrated": "calibrated_weight",
+    "triangulation": "triangulation_weight",
+    "bones": "bone_weight",
+    "adversarial": "adversarial_weight",
+}
+
+
+def _nonfinite_term(
+    terms: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], step: int
+) -> str | None:
+    """A message naming the first NaN or infinite loss term and the batch's first instants,
+    or None when every term is finite."""
+    for name, value in terms.items():
+        if not torch.isfinite(value):
+            ids = ", ".join(
+                f"seq {s}:frame {f}"
+                for s, f in zip(
+                    batch["sequence"].tolist()[:8], batch["frame"].tolist()[:8], strict=True
+                )
+            )
+            return f"step {step}: loss term '{name}' is {value.item()} (batch instants: {ids}, ...)"
+    return None
+
+
 class PoseModule(L.LightningModule):
     """The network, its losses and its optimiser."""
 
@@ -377,98 +400,94 @@ class PoseModule(L.LightningModule):
         torch.manual_seed(self.config["seed"] * 1_000_003 + self.global_step)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        cfg = self.config["loss"]
+        images, batch = self._augmented(batch)
+        out = self.model(images)
+        terms = self._loss_terms(out, batch, crop_size=images.shape[1])
+        problem = _nonfinite_term(terms, batch, self.global_step)
+        if problem is not None:
+            if self.config["train"]["nonfinite"] == "skip":
+                self.print(f"skipping batch: {problem}")
+                return None
+            raise NonFiniteLossError(
+                problem
+                + "; the weights were not updated. Set train.nonfinite=skip to skip such batches."
+            )
+        loss = self.config["loss"]
+        total = sum(loss[_WEIGHT_OF_TERM[name]] * value for name, value in terms.items())
+        B = batch["images"].shape[0]
+        self.log_dict(
+            {f"train/{k}": v for k, v in terms.items()}, on_step=True, prog_bar=True, batch_size=B
+        )
+        self.log("train/loss", total, on_step=True, batch_size=B)
+        return total
+
+    def _augmented(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's crops as the network sees them, (2B, S, S, 3) instant-major with the
+        views inner, mirrored and recoloured as ``augment`` says, and the batch with its poses
+        mirrored alike. The draws depend on the seed and step only (alike under DDP)."""
         B = batch["images"].shape[0]
         g = torch.Generator().manual_seed(self.config["seed"] * 7919 + self.global_step)
         W, rank = self.trainer.world_size if self._trainer else 1, self.global_rank
         if self.config["augment"]["flip"]:
             flip = torch.rand(B * W, generator=g)[shard_rows(B, W, rank)] < 0.5
             batch = mirror_instants(batch, flip.to(self.device))
-        images = batch["images"].flatten(0, 1)  # (2B, S, S, 3): instant-major, views inner
+        images = batch["images"].flatten(0, 1)
         if self.config["augment"]["colour"]:
             images = colour_augment(images, g, shard_rows(B, W, rank, 2), 2 * B * W)
-        out = self.model(images)
-        terms: dict[str, torch.Tensor] = {}
+        return images, batch
 
+    def _loss_terms(
+        self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], crop_size: int
+    ) -> dict[str, torch.Tensor]:
+        """Every loss term the config weighs above zero, unweighted (``_WEIGHT_OF_TERM``
+        names each one's weight); the metric losses' diagnostics are logged here."""
+        cfg = self.config["loss"]
+        B = batch["images"].shape[0]
+        terms: dict[str, torch.Tensor] = {}
         # The 3D loss is taken in metres so that its size is comparable with the metric loss
         # (distances on the unit sphere); in millimetres it would drown the other terms.
         sup = self.supervised[batch["index"]].repeat_interleave(2)
         gt = batch["pose_cam"].flatten(0, 1)[sup] / 1000
-        terms["pose"] = pose_loss(out["pose_cam"][sup] / 1000, gt, cfg["pose"])
-        if "pose_body" in out and sup.any():
-            gt_body = gt @ body_frame(gt)
-            terms["pose"] = terms["pose"] + pose_loss(
-                out["pose_body"][sup] / 1000, gt_body, cfg["pose"]
-            )
         # Processes may hold different numbers of labelled rows (the unlabelled part can be
         # a labelled subject's): weigh each process's mean by its share.
-        terms["pose"] = terms["pose"] * ddp_share(sup.sum(), self.device)
-        total = cfg["pose_weight"] * terms["pose"]
-
+        terms["pose"] = pose_loss(out["pose_cam"][sup] / 1000, gt, cfg["pose"]) * ddp_share(
+            sup.sum(), self.device
+        )
         emb = out["embedding"].view(B, 2, -1)
         if cfg["metric_weight"] > 0:
             terms["metric"], stats = multiview_metric_loss(
                 emb[:, 0], emb[:, 1], batch["sequence"], batch["frame"], batch["subject"],
-                margin=cfg["margin"], time_window=cfg["time_window"],
-                same_subject_only=cfg["negatives"] == "same_subject", kind=cfg["metric"], mining=cfg["mining"],
+                time_window=cfg["time_window"], kind=cfg["metric"],
+                temperature=cfg["temperature"], margin=cfg["margin"],
             )  # fmt: skip
-            total = total + cfg["metric_weight"] * terms["metric"]
             self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=B)
         pose = out["pose_cam"].view(B, 2, *out["pose_cam"].shape[1:]) / 1000  # (B, views, 17, 3) m
         R = batch["R"]
-        if cfg["consistency_weight"] > 0:
-            terms["consistency"] = multiview_consistency_loss(
-                pose[:, 0], pose[:, 1], R[:, 0], R[:, 1]
-            )
-            total = total + cfg["consistency_weight"] * terms["consistency"]
         if cfg["calibrated_weight"] > 0:
             terms["calibrated"], stats = calibrated_metric_loss(
                 pose[:, 0], pose[:, 1], R[:, 0], R[:, 1],
                 batch["sequence"], batch["frame"], batch["subject"],
                 temperature=cfg["calibrated_temperature_mm"] / 1000, time_window=cfg["time_window"],
             )  # fmt: skip
-            total = total + cfg["calibrated_weight"] * terms["calibrated"]
             self.log_dict({f"train/{k}": v for k, v in stats.items()}, on_step=True, batch_size=B)
         if cfg["triangulation_weight"] > 0 and self.global_step >= cfg["triangulation_start_step"]:
             terms["triangulation"] = triangulation_loss(
                 pose.flatten(0, 1), batch["K"].flatten(0, 1), R.flatten(0, 1),
-                batch["t"].flatten(0, 1) / 1000, batch["index"].repeat_interleave(2), images.shape[1],
+                batch["t"].flatten(0, 1) / 1000, batch["index"].repeat_interleave(2), crop_size,
             )  # fmt: skip
-            total = total + cfg["triangulation_weight"] * terms["triangulation"]
         if cfg["bone_weight"] > 0:
             terms["bones"] = bone_length_loss(
                 pose.flatten(0, 1), batch["subject"].repeat_interleave(2)
             )
-            total = total + cfg["bone_weight"] * terms["bones"]
         if self.adversary is not None:
             coefficient = adversary_coefficient(self.global_step, cfg["adversarial_warmup_steps"])
             terms["adversarial"], accuracy = self.adversary(
                 out["embedding"], batch["subject"].repeat_interleave(2), coefficient
             )
-            total = total + cfg["adversarial_weight"] * terms["adversarial"]
             self.log("train/identity_acc", accuracy, on_step=True, batch_size=B)
-
-        for name, value in terms.items():
-            if not torch.isfinite(value):
-                ids = ", ".join(
-                    f"seq {s}:frame {f}"
-                    for s, f in zip(
-                        batch["sequence"].tolist()[:8], batch["frame"].tolist()[:8], strict=True
-                    )
-                )
-                message = f"step {self.global_step}: loss term '{name}' is {value.item()} (batch instants: {ids}, ...)"
-                if self.config["train"]["nonfinite"] == "skip":
-                    self.print(f"skipping batch: {message}")
-                    return None
-                raise NonFiniteLossError(
-                    message
-                    + "; the weights were not updated. Set train.nonfinite=skip to skip such batches."
-                )
-        self.log_dict(
-            {f"train/{k}": v for k, v in terms.items()}, on_step=True, prog_bar=True, batch_size=B
-        )
-        self.log("train/loss", total, on_step=True, batch_size=B)
-        return total
+        return terms
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(batch["images"].flatten(0, 1))
@@ -502,15 +521,14 @@ def one_cycle(
 
 
 def _pose_statistics(
-    dataset: MultiViewDataset, supervised: np.ndarray, frame: str
+    dataset: MultiViewDataset, supervised: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (17, 3) mm of the supervised targets, over all their camera views."""
     poses = [
         dataset.sequences[dataset.seq_index[i]].poses_camera(int(dataset.frame_index[i]))
         for i in np.flatnonzero(supervised)
     ]
-    cam = torch.as_tensor(np.concatenate(poses))
-    target = cam @ body_frame(cam) if frame == "body" else cam
+    target = torch.as_tensor(np.concatenate(poses))
     return target.mean(0).float(), target.std(0).clamp(min=1.0).float()
 
 
@@ -565,101 +583,32 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
         raise InputError(
             f"{data['root']}: no labelled training instants for data.labels={data['labels']!r}"
         )
-
-    ckpt_dir = out / "checkpoints"
-    remove_stale_temporaries(ckpt_dir)  # a killed run's half-written checkpoint (60+ MB)
-    last = ckpt_dir / "last.ckpt"
-    start_step = 0
-    if resume and last.exists():
-        check_resumed_config(out / "config.yaml", config)
-        start_step = int(safe_load(last)["global_step"])
-    elif not resume and last.exists():
-        raise FileExistsError(
-            f"{out}: holds a previous run; pass --resume to continue it or choose another --out"
-        )
-
+    start_step = _step_to_resume_from(out, config, resume)
     module = PoseModule(config, num_subjects=len(dataset.subjects), supervised=supervised)
     check_free_space(out, training_disk_mb(module), "training")
     if config["train"]["compile"]:
         # Compiles on the first step (minutes); the state_dict keeps the plain module's names.
         module.model.compile()
     if start_step == 0:
-        mean, std = _pose_statistics(dataset, supervised, config["model"]["pose_frame"])
+        mean, std = _pose_statistics(dataset, supervised)
         module.model.pose_mean.copy_(mean)
         module.model.pose_std.copy_(std)
     options = _trainer_options(config)
-    # Lightning launches the other DDP processes itself (or torchrun does); each must draw its
-    # own batches, so the rank is read from their environment before the Trainer exists.
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    rank = int(
-        os.environ.get(
-            "RANK", int(os.environ.get("NODE_RANK", 0)) * options["devices"] + local_rank
-        )
-    )
-    sampler = MixedBatchSampler(
-        supervised, dataset.subject_index, dataset.num_cameras, config["batch"]["size"],
-        config["batch"]["labelled_fraction"], config["train"]["steps"], config["seed"],
-        start_step=start_step, rank=rank, world_size=options["devices"] * options["num_nodes"],
-        unlabelled_views=config["batch"]["unlabelled_views"],
-    )  # fmt: skip
-    workers = data["num_workers"]
-    collate = collate_keys(dataset)
-    # An iterable of the remaining steps' batches, without a length: Lightning then never ends
-    # an "epoch" early and restarts it on resume; max_steps ends training.
-    pin = torch.cuda.is_available() and options["accelerator"] in ("auto", "gpu")
-    train_loader = DataLoader(
-        StepBatches(sampler, collate),
-        batch_size=None,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=pin,
-    )
-    val_rng = np.random.default_rng([config["seed"], 11])
-    val_keys = [
-        FrameKey(int(i), (0, min(1, int(dataset.num_cameras[i]) - 1)))
-        for i in val_rng.permutation(val_pool)[: config["train"]["val_frames"]]
-    ]
-    val_loader = DataLoader(
-        val_keys,
-        batch_size=64,
-        collate_fn=collate,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=pin,
-    )
-
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    every = config["train"]["val_every"]
-    stop_on_signal = StopOnSignal(last)
-    clock = StepClock()
-    callbacks = [
-        ModelCheckpoint(  # last.ckpt only, every `every` steps: what --resume continues from
-            dirpath=ckpt_dir,
-            every_n_train_steps=every,
-            save_last=True,
-            save_top_k=0,
-            auto_insert_metric_name=False,
-        ),
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="best",
-            monitor="val/mpjpe",
-            mode="min",
-            save_top_k=1,
-            # A resumed run overwrites best.ckpt when it does better (never best-v1.ckpt).
-            enable_version_counter=False,
-            auto_insert_metric_name=False,
-        ),
-        stop_on_signal,
-        clock,
-    ]
+    train_loader, val_loader = _loaders(config, dataset, supervised, val_pool, start_step, options)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    last = out / "checkpoints" / "last.ckpt"
+    stop_on_signal, clock = StopOnSignal(last), StepClock()
     trainer = L.Trainer(
         max_steps=config["train"]["steps"],
         max_epochs=-1,
-        val_check_interval=min(every, config["train"]["steps"]),
+        val_check_interval=min(config["train"]["val_every"], config["train"]["steps"]),
         check_val_every_n_epoch=None,
         gradient_clip_val=config["train"]["grad_clip"] or None,
-        callbacks=callbacks,
+        callbacks=[
+            *_checkpoint_callbacks(out, config["train"]["val_every"]),
+            stop_on_signal,
+            clock,
+        ],
         logger=[
             # A resumed run logs beside the first attempt's CSV instead of overwriting it.
             CSVLogger(
@@ -682,10 +631,9 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if start_step else None)
     finally:
         stop_on_signal.restore()
-    seconds = time.perf_counter() - began
     summary = {
         "steps": trainer.global_step,
-        "train_seconds": seconds,
+        "train_seconds": time.perf_counter() - began,
         "images_per_second": clock.images_per_second,  # this attempt's steps (after a resume too)
         "subjects": dataset.subjects,
         "model": str(out / "model.pt"),
@@ -700,7 +648,100 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
             crop_size=dataset.sequences[0].meta.crop_size,
         )
         # Written last and atomically: the demo takes its presence for a finished run.
-        atomic_write_bytes(out / "train_summary.json", json.dumps(summary, indent=1).encode())
+        atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=1))
     if lock is not None:
         lock.close()
     return summary
+
+
+def _step_to_resume_from(out: Path, config: dict[str, Any], resume: bool) -> int:
+    """The step of ``out``'s last checkpoint with ``resume`` (0 without one); refuses to
+    overwrite a previous run without ``resume`` or to resume it with another config."""
+    ckpt_dir = out / "checkpoints"
+    remove_stale_temporaries(ckpt_dir)  # a killed run's half-written checkpoint (60+ MB)
+    last = ckpt_dir / "last.ckpt"
+    if not last.exists():
+        return 0
+    if not resume:
+        raise FileExistsError(
+            f"{out}: holds a previous run; pass --resume to continue it or choose another --out"
+        )
+    check_resumed_config(out / "config.yaml", config)
+    return int(safe_load(last)["global_step"])
+
+
+def _loaders(
+    config: dict[str, Any],
+    dataset: MultiViewDataset,
+    supervised: np.ndarray,
+    val_pool: np.ndarray,
+    start_step: int,
+    options: dict[str, Any],
+) -> tuple[DataLoader, DataLoader]:
+    """The remaining steps' training batches (this process's share under DDP) and the
+    validation instants (held-out takes of the labelled subjects, two cameras each)."""
+    # Lightning launches the other DDP processes itself (or torchrun does); each must draw its
+    # own batches, so the rank is read from their environment before the Trainer exists.
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank = int(
+        os.environ.get(
+            "RANK", int(os.environ.get("NODE_RANK", 0)) * options["devices"] + local_rank
+        )
+    )
+    sampler = MixedBatchSampler(
+        supervised, dataset.subject_index, dataset.num_cameras, config["batch"]["size"],
+        config["batch"]["labelled_fraction"], config["train"]["steps"], config["seed"],
+        start_step=start_step, rank=rank, world_size=options["devices"] * options["num_nodes"],
+        unlabelled_views=config["batch"]["unlabelled_views"],
+    )  # fmt: skip
+    workers = config["data"]["num_workers"]
+    collate = collate_keys(dataset)
+    pin = torch.cuda.is_available() and options["accelerator"] in ("auto", "gpu")
+    # An iterable of the remaining steps' batches, without a length: Lightning then never ends
+    # an "epoch" early and restarts it on resume; max_steps ends training.
+    train_loader = DataLoader(
+        StepBatches(sampler, collate),
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin,
+    )
+    val_rng = np.random.default_rng([config["seed"], 11])
+    val_keys = [
+        FrameKey(int(i), (0, min(1, int(dataset.num_cameras[i]) - 1)))
+        for i in val_rng.permutation(val_pool)[: config["train"]["val_frames"]]
+    ]
+    val_loader = DataLoader(
+        val_keys,
+        batch_size=64,
+        collate_fn=collate,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin,
+    )
+    return train_loader, val_loader
+
+
+def _checkpoint_callbacks(out: Path, every: int) -> list[ModelCheckpoint]:
+    """last.ckpt every ``every`` steps (what --resume continues from) and best.ckpt by the
+    validation MPJPE."""
+    ckpt_dir = out / "checkpoints"
+    return [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            every_n_train_steps=every,
+            save_last=True,
+            save_top_k=0,
+            auto_insert_metric_name=False,
+        ),
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best",
+            monitor="val/mpjpe",
+            mode="min",
+            save_top_k=1,
+            # A resumed run overwrites best.ckpt when it does better (never best-v1.ckpt).
+            enable_version_counter=False,
+            auto_insert_metric_name=False,
+        ),
+    ]

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metricpose.cameras import crop_intrinsics, project_points  # noqa: E402
-from metricpose.data.format import Sequence, open_dataset  # noqa: E402
+from metricpose.data.format import SequenceFolder, open_dataset  # noqa: E402
 from metricpose.errors import InputError  # noqa: E402
 from metricpose.skeleton import BONES, JOINT_NAMES  # noqa: E402
 
@@ -40,7 +40,9 @@ def plot_skeleton_2d(ax, joints_px: np.ndarray) -> None:
         ax.plot(*joints_px[[parent, child]].T, color=_bone_colour(child), lw=1.2)
 
 
-def crop_projection(seq: Sequence, view: int, frame: int, poses_world: np.ndarray) -> np.ndarray:
+def crop_projection(
+    seq: SequenceFolder, view: int, frame: int, poses_world: np.ndarray
+) -> np.ndarray:
     """Project (17, 3) world mm joints into a sequence's crop of one view -> (17, 2) crop px."""
     cam = seq.cameras[view]
     K = crop_intrinsics(cam.K, seq.boxes[view, frame], seq.meta.crop_size)

@@ -7,7 +7,7 @@ import pytest
 from metricpose.cli import main
 from metricpose.data.format import (
     DatasetError,
-    Sequence,
+    SequenceFolder,
     check_dataset,
     list_sequences,
     open_dataset,
@@ -131,7 +131,7 @@ def test_bad_input_gives_one_clear_error_naming_the_file(dataset, corrupt, file,
     seq = first_sequence(dataset)
     corrupt(seq)
     with pytest.raises(DatasetError, match=message) as info:
-        Sequence(seq)
+        SequenceFolder(seq)
     assert file in str(info.value)
     summary, problems = check_dataset(dataset)
     assert summary["sequences"] == 11 and len(problems) == 1 and file in problems[0]
@@ -160,7 +160,7 @@ def test_missing_dataset_folder(tmp_path):
 def test_a_full_disk_names_the_file_and_leaves_no_partial_sequence(dataset, tmp_path, monkeypatch):
     import errno
 
-    seq = Sequence(first_sequence(dataset))
+    seq = SequenceFolder(first_sequence(dataset))
     frames = {c.name: seq.frames(c.name)[:] for c in seq.cameras}
     real_save = np.save
 
@@ -183,10 +183,10 @@ def test_links_out_of_the_dataset_are_refused(dataset, tmp_path):
     shutil.move(str(first_sequence(dataset)), elsewhere)
     (dataset / "S1_linked").symlink_to(elsewhere, target_is_directory=True)
     with pytest.raises(DatasetError, match="outside the dataset"):
-        Sequence(dataset / "S1_linked")
+        SequenceFolder(dataset / "S1_linked")
     seq = list_sequences(dataset)[1]
     frames = seq / "frames" / "cam1.npy"
     shutil.move(str(frames), tmp_path / "cam1.npy")
     frames.symlink_to(tmp_path / "cam1.npy")
     with pytest.raises(DatasetError, match="cam1.npy: a link"):
-        Sequence(seq)
+        SequenceFolder(seq)

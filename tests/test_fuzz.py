@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from metricpose.data.format import Sequence, SequenceMeta, write_sequence
+from metricpose.data.format import SequenceFolder, SequenceMeta, write_sequence
 from metricpose.errors import InputError
 from metricpose.studio.rig import default_rig
 
@@ -257,7 +257,7 @@ def test_corrupt_sequence_files(case, tmp_path):
     folder = valid_sequence(tmp_path)
     mutate(folder)
     with pytest.raises(InputError) as err:
-        Sequence(folder)
+        SequenceFolder(folder)
     assert file_name in str(err.value), str(err.value)
 
 

@@ -1,4 +1,4 @@
-"""Using a trained model: the Python API, predict, retrieve and export."""
+"""Using a trained model: the Python API, predict, search and export."""
 
 import json
 from pathlib import Path
@@ -12,9 +12,9 @@ import metricpose
 from metricpose.checkpoint import build_model, save_model
 from metricpose.cli import main
 from metricpose.config import load_config
-from metricpose.data.format import Sequence, list_sequences
+from metricpose.data.format import SequenceFolder, list_sequences
 from metricpose.errors import InputError
-from metricpose.prepare.common import crop
+from metricpose.imaging import crop
 from metricpose.skeleton import JOINT_NAMES
 
 CROP = 64  # the studio's crop size, so that a stored crop is its own query
@@ -207,22 +207,22 @@ def test_predict_with_a_person_detector_from_a_local_file(model_file, tmp_path):
                  "--detector", str(bad), "--no-progress"]) == 2  # fmt: skip
 
 
-# --- retrieve -----------------------------------------------------------------------------
+# --- search -------------------------------------------------------------------------------
 
 
-def test_retrieve_finds_an_indexed_crop_first(model_file, tiny_studio, tmp_path, capsys):
+def test_search_finds_an_indexed_crop_first(model_file, tiny_studio, tmp_path, capsys):
     index = tmp_path / "index"
-    assert main(["retrieve", "build", str(tiny_studio), "--checkpoint", str(model_file),
+    assert main(["search", "build", str(tiny_studio), "--checkpoint", str(model_file),
                  "--index", str(index), "--stride", "4", "--device", "cpu"]) == 0  # fmt: skip
     items = json.loads((index / "items.json").read_text())["items"]
     target = items[len(items) // 2]
-    seq = Sequence(Path(target["dataset"]) / target["sequence"])
+    seq = SequenceFolder(Path(target["dataset"]) / target["sequence"])
     crop_image = np.asarray(seq.frames(target["camera"])[target["frame"]])
     query_file = tmp_path / "q.png"
     Image.fromarray(crop_image).save(query_file)
     capsys.readouterr()
     gallery = tmp_path / "gallery.png"
-    assert main(["retrieve", "query", str(query_file), "--checkpoint", str(model_file), "--index",
+    assert main(["search", "query", str(query_file), "--checkpoint", str(model_file), "--index",
                  str(index), "--k", "3", "--out", str(gallery), "--device", "cpu"]) == 0  # fmt: skip
     first = capsys.readouterr().out.splitlines()[0]
     assert f"{target['sequence']} {target['camera']} frame {target['frame']}" in first
@@ -232,12 +232,12 @@ def test_retrieve_finds_an_indexed_crop_first(model_file, tiny_studio, tmp_path,
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i, seq_dir in enumerate(list_sequences(tiny_studio)[:3]):
-        s = Sequence(seq_dir)
+        s = SequenceFolder(seq_dir)
         Image.fromarray(np.asarray(s.frames(s.cameras[0].name)[0])).save(folder / f"{i}.png")
-    assert main(["retrieve", "build", str(folder), "--checkpoint", str(model_file), "--index",
+    assert main(["search", "build", str(folder), "--checkpoint", str(model_file), "--index",
                  str(tmp_path / "idx2"), "--device", "cpu"]) == 0  # fmt: skip
     (index / "index.faiss").write_bytes(b"junk")
-    assert main(["retrieve", "query", str(query_file), "--checkpoint", str(model_file), "--index",
+    assert main(["search", "query", str(query_file), "--checkpoint", str(model_file), "--index",
                  str(index)]) == 2  # fmt: skip
 
 
@@ -263,4 +263,38 @@ def test_model_files_from_before_an_option_existed_load_as_they_were_built(tmp_p
     save_model(tmp_path / "old.pt", net.state_dict(), config, ["S1"], step=0, crop_size=CROP)
     loaded, loaded_config = load_model(tmp_path / "old.pt")
     assert loaded_config["model"]["regressor_input"] == "embedding"
-    assert loaded_config["model"]["pose_frame"] == config["model"]["pose_frame"]
+    assert loaded_config["model"]["regressor_width"] == 32
+
+
+def test_model_files_of_the_removed_body_frame_design_are_refused_by_name(tmp_path):
+    # Files saved while model.pose_frame existed carry it: "camera" models load as they were
+    # built; "body" models (orientation head, removed) get one error naming the option.
+    from metricpose.checkpoint import load_model
+
+    config = load_config("baseline", ["model.regressor_width=32"])
+    net = build_model(config, pretrained=False)
+    config["model"]["pose_frame"] = "camera"
+    save_model(tmp_path / "camera.pt", net.state_dict(), config, ["S1"], step=0, crop_size=CROP)
+    loaded, _ = load_model(tmp_path / "camera.pt")
+    images = torch.zeros(2, CROP, CROP, 3)
+    assert torch.equal(loaded(images)["pose_cam"], net.eval()(images)["pose_cam"])
+    config["model"]["pose_frame"] = "body"
+    save_model(tmp_path / "body.pt", net.state_dict(), config, ["S1"], step=0, crop_size=CROP)
+    with pytest.raises(InputError, match="pose_frame='body'"):
+        load_model(tmp_path / "body.pt")
+
+
+@pytest.mark.parametrize("regressor_input", ["embedding", "embedding+features"])
+def test_the_regressor_reads_the_backbone_features_only_when_asked(regressor_input):
+    # The ablation of docs/design.md ("What the regressor reads"): with the embedding head
+    # silenced, only a regressor that also reads the pooled features can tell images apart.
+    from metricpose.models import PoseNet
+
+    torch.manual_seed(0)
+    net = PoseNet(width=0.25, regressor_width=32, dropout=0.0, regressor_input=regressor_input)
+    torch.nn.init.zeros_(net.embed.weight)
+    torch.nn.init.zeros_(net.embed.bias)
+    images = torch.rand(4, CROP, CROP, 3) * 255
+    pose = net.eval()(images)["pose_cam"]
+    varies = not torch.allclose(pose[0], pose[1:], atol=1e-6)
+    assert varies == (regressor_input == "embedding+features")

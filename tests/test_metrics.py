@@ -179,7 +179,7 @@ def test_orientation_decomposition_separates_heading_from_body_pose():
     _, gt = random_poses(3, n=4)
     import torch
 
-    from metricpose.models.posenet import body_frame
+    from metricpose.skeleton import body_frame
 
     axis = body_frame(torch.as_tensor(gt))[..., 2].numpy()  # (N, 3) each body's up axis
     turned = np.stack(

@@ -22,7 +22,7 @@ from scipy.io import savemat
 from metricpose.cameras import crop_intrinsics, project_points
 from metricpose.cli import main
 from metricpose.data.dataset import MultiViewDataset
-from metricpose.data.format import Sequence, open_dataset
+from metricpose.data.format import SequenceFolder, open_dataset
 from metricpose.errors import InputError
 from metricpose.prepare import common, custom, h36m, mpi_inf_3dhp, panoptic
 from metricpose.prepare.common import convert
@@ -30,7 +30,7 @@ from metricpose.skeleton import FROM_MPI_INF_3DHP_17, FROM_MPI_INF_3DHP_28, JOIN
 from metricpose.studio.rig import default_rig
 
 
-def crop_projection(seq: Sequence, view: int, frame: int) -> np.ndarray:
+def crop_projection(seq: SequenceFolder, view: int, frame: int) -> np.ndarray:
     """(17, 2) crop pixels of a converted sequence's pose in one camera."""
     cam = seq.cameras[view]
     K = crop_intrinsics(cam.K, seq.boxes[view, frame], seq.meta.crop_size)
@@ -179,7 +179,7 @@ def test_h36m_mmpose_fixture_converts_and_reprojects_onto_the_2d_annotations(
     assert counts == {"written": 4, "skipped": 0}
     for i, name in enumerate(data["imgname"]):
         subject, folder = name.split("/")[:2]
-        seq = Sequence(tmp_path / f"{subject}_{folder.split('.')[0].split('_', 1)[1]}")
+        seq = SequenceFolder(tmp_path / f"{subject}_{folder.split('.')[0].split('_', 1)[1]}")
         assert seq.meta.subject == subject and seq.meta.extra["source_frames"] == [
             int(name[-10:-4]) - 1
         ]
@@ -236,7 +236,7 @@ def test_h36m_official_layout_converts_resumes_and_reports_irregularities(h36m_f
     messages = " ".join(str(w.message) for w in record)
     assert "12 pose frames but videos have [14, 14, 14, 14]" in messages
     assert "S11 Directions: leaving out the known damaged video of camera 54138969" in messages
-    s1, s11 = Sequence(out / "S1_Directions_1"), Sequence(out / "S11_Directions")
+    s1, s11 = SequenceFolder(out / "S1_Directions_1"), SequenceFolder(out / "S11_Directions")
     assert s1.meta.extra["source_frames"] == [0, 2, 4, 6, 8, 10] and s1.meta.fps == 25.0
     assert s1.meta.action == "Directions" and s11.meta.cameras == [
         "55011271",
@@ -244,7 +244,7 @@ def test_h36m_official_layout_converts_resumes_and_reports_irregularities(h36m_f
         "60457274",
     ]
     # The rule matches the exact take: the other Directions take of S11 keeps every camera.
-    assert Sequence(out / "S11_Directions_1").meta.cameras == [
+    assert SequenceFolder(out / "S11_Directions_1").meta.cameras == [
         c.name for c in h36m.load_cameras()["S11"]
     ]
     assert messages.count("damaged video") == 1
@@ -275,7 +275,7 @@ def test_h36m_official_layout_without_frames_needs_no_videos(h36m_fixture, tmp_p
         video.unlink()
     assert main(["prepare", "h36m", "--root", str(root), "--out", str(tmp_path / "o"),
                  "--subjects", "S1,S11", "--no-frames", "--no-progress"]) == 0  # fmt: skip
-    seq = Sequence(tmp_path / "o" / "S1_Directions_1")
+    seq = SequenceFolder(tmp_path / "o" / "S1_Directions_1")
     assert not seq.has_frames and seq.labelled and len(seq.cameras) == 4
 
 
@@ -405,7 +405,7 @@ def test_3dhp_training_layout_round_trips_poses_and_cameras(h36m_fixture, tmp_pa
     )
     assert len(seqs) == 1 and seqs[0].name == "S2_Seq1" and len(seqs[0].cameras) == 11
     convert(seqs, tmp_path / "out", 64, with_frames=False, progress=False)
-    seq = Sequence(tmp_path / "out" / "S2_Seq1")
+    seq = SequenceFolder(tmp_path / "out" / "S2_Seq1")
     np.testing.assert_allclose(seq.poses_3d, world[::3], atol=1e-3)
     for ours, theirs in zip(seq.cameras, rig, strict=False):
         np.testing.assert_allclose(ours.K, theirs.K)
@@ -444,7 +444,7 @@ def test_3dhp_test_set_keeps_valid_frames_in_the_camera_frame(h36m_fixture, tmp_
             folder / "imageSequence" / f"img_{i + 1:06d}.jpg"
         )
     convert(mpi_inf_3dhp.testset_sequences(tmp_path), tmp_path / "out", 32, progress=False)
-    seq = Sequence(tmp_path / "out" / "TS3")
+    seq = SequenceFolder(tmp_path / "out" / "TS3")
     assert seq.meta.extra["source_frames"] == [0, 2, 3] and seq.has_frames
     np.testing.assert_allclose(seq.poses_3d, 0.9 * pose_cam[[0, 2, 3]], atol=1e-3)  # univ_annot3
     np.testing.assert_array_equal(seq.cameras[0].R, np.eye(3))
@@ -536,7 +536,7 @@ def test_custom_rig_with_image_folders_and_poses(h36m_fixture, tmp_path):
     out = tmp_path / "out"
     assert main(["prepare", "custom", "--root", str(root), "--out", str(out), "--subject", "ana",
                  "--crop-size", "48", "--no-progress"]) == 0  # fmt: skip
-    seq = Sequence(out / "ana_capture")
+    seq = SequenceFolder(out / "ana_capture")
     assert seq.labelled and seq.meta.cameras == [c.name for c in rig]
     for v, cam in enumerate(seq.cameras):
         for t in range(4):
@@ -583,11 +583,11 @@ def test_format_allows_nan_only_in_declared_missing_joints(tmp_path):
     )
     boxes = np.tile([0.0, 0.0, 100.0, 100.0], (2, 3, 1))
     write_sequence(tmp_path, "ok", meta, cams, boxes, None, poses)
-    assert not Sequence(tmp_path / "ok").labelled
+    assert not SequenceFolder(tmp_path / "ok").labelled
     meta.extra = {"missing_joints": ["thorax"]}
     write_sequence(tmp_path, "bad", meta, cams, boxes, None, poses)
     with pytest.raises(DatasetError, match="bad/poses_3d.npy: NaN or Inf .*joint 7"):
-        Sequence(tmp_path / "bad")
+        SequenceFolder(tmp_path / "bad")
 
 
 def walking_poses_like() -> np.ndarray:
@@ -662,7 +662,7 @@ def test_a_full_disk_or_unusable_output_stops_before_the_work(
         convert(sequences, blocker / "out", 64, progress=False)
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(
-        "metricpose.checkpoint.shutil.disk_usage", lambda p: usage(10**9, 10**9, 2**20)
+        "metricpose.fileio.shutil.disk_usage", lambda p: usage(10**9, 10**9, 2**20)
     )
     with pytest.raises(OSError, match=r"out: only 1 MB free; sequence S1_Directions_1 needs about"):
         convert(sequences, tmp_path / "out", 256, progress=False)

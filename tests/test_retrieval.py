@@ -7,13 +7,13 @@ from metricpose.evaluate import Predictions
 from metricpose.metrics import pa_mpjpe_per_sample
 from metricpose.retrieval import (
     evaluate_retrieval,
+    nearest_neighbours,
     normalise_pose,
     normalise_pose_prvipe,
     protocol,
     prvipe_sets,
     read_keys,
     read_prvipe_keys,
-    search,
     write_keys,
 )
 
@@ -102,14 +102,18 @@ def test_faiss_search_matches_brute_force_and_ivf_finds_the_neighbours():
         rng.normal(size=(50, 32)).astype(np.float32),
     )
     expected = np.argsort(((queries[:, None] - db[None]) ** 2).sum(-1), axis=1)[:, :5]
-    np.testing.assert_array_equal(search(db, queries, 5), expected)
+    np.testing.assert_array_equal(nearest_neighbours(db, queries, 5), expected)
     # Probing every list makes IVF exact; probing fewer trades recall for speed.
-    np.testing.assert_array_equal(search(db, queries, 5, ivf_lists=16, nprobe=16), expected)
+    np.testing.assert_array_equal(
+        nearest_neighbours(db, queries, 5, ivf_lists=16, nprobe=16), expected
+    )
     recall = [
         np.mean(
             [
                 len(set(a) & set(b)) / 5
-                for a, b in zip(search(db, queries, 5, 16, nprobe), expected, strict=True)
+                for a, b in zip(
+                    nearest_neighbours(db, queries, 5, 16, nprobe), expected, strict=True
+                )
             ]
         )
         for nprobe in (1, 4, 16)

@@ -207,7 +207,7 @@ def test_unknown_preset_and_action():
 def test_a_rig_file_sets_cameras(tmp_path):
     import json
 
-    from metricpose.data.format import Sequence
+    from metricpose.data.format import SequenceFolder
 
     cams = [c.to_dict() for c in random_rig(2, np.random.default_rng(4), image_size=800)]
     (tmp_path / "rig.json").write_text(json.dumps(cams))
@@ -215,7 +215,7 @@ def test_a_rig_file_sets_cameras(tmp_path):
         "tiny", frames=2, actions=["waving"], subjects=["S5"], rig_file=str(tmp_path / "rig.json")
     )
     generate(tmp_path / "d", config, progress=False)
-    seq = Sequence(tmp_path / "d" / "S5_waving_0")
+    seq = SequenceFolder(tmp_path / "d" / "S5_waving_0")
     assert [c.to_dict() for c in seq.cameras] == cams
     cams[1]["R"] = [[1, 0, 0], [0, 1, 0], [0, 0, 2]]
     (tmp_path / "rig.json").write_text(json.dumps(cams))

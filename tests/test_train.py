@@ -19,7 +19,7 @@ from metricpose.checkpoint import build_model, load_model, safe_load
 from metricpose.config import ConfigError, load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.errors import InputError, TrainingInterrupted
-from metricpose.evaluate import predict, score
+from metricpose.evaluate import predict_dataset, score
 from metricpose.train import (
     NonFiniteLossError,
     StepClock,
@@ -102,7 +102,7 @@ def test_metric_loss_learns_view_invariance(tiny_studio, tmp_path):
     # the training subjects).
     model, _ = load_model(tmp_path / "run" / "model.pt")
     ds = MultiViewDataset(tiny_studio, subjects=["S1", "S5"], num_views=1)
-    pred = predict(model, ds, frame_stride=3)
+    pred = predict_dataset(model, ds, frame_stride=3)
     emb = torch.as_tensor(pred.embedding)
     d = torch.cdist(emb, emb)
     same_instant = torch.as_tensor(pred.instant[:, None] == pred.instant[None]) & ~torch.eye(
@@ -225,7 +225,7 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="must be a number"):
         load_config("metric", ["loss.margin=abc"])
     with pytest.raises(ConfigError, match="one of"):
-        load_config("metric", ["loss.negatives=others"])
+        load_config("metric", ["loss.metric=contrastive"])
     with pytest.raises(ConfigError, match="overlaps"):
         load_config("metric", ["data.test_subjects=[S1]"])
     with pytest.raises(ConfigError, match="neither a preset"):
@@ -303,7 +303,7 @@ def test_repeated_kills_at_random_points_end_like_an_uninterrupted_run(tiny_stud
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
     test = MultiViewDataset(tiny_studio, subjects=["S9"], num_views=1)
-    errors = [score(predict(m, test, frame_stride=4))["overall"]["mpjpe"] for m in (a, b)]
+    errors = [score(predict_dataset(m, test, frame_stride=4))["overall"]["mpjpe"] for m in (a, b)]
     assert abs(errors[0] - errors[1]) < 0.01
 
 
@@ -556,7 +556,7 @@ def test_training_refuses_a_nearly_full_disk(tiny_studio, tmp_path, monkeypatch)
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(
-        "metricpose.checkpoint.shutil.disk_usage", lambda p: usage(10**9, 10**9, 50 * 2**20)
+        "metricpose.fileio.shutil.disk_usage", lambda p: usage(10**9, 10**9, 50 * 2**20)
     )
     with pytest.raises(OSError, match="run: only 50 MB free; training needs about 200 MB"):
         train(

@@ -22,7 +22,7 @@ import torch
 from metricpose.cameras import triangulate_points
 from metricpose.checkpoint import load_model
 from metricpose.data.dataset import MultiViewDataset
-from metricpose.evaluate import predict
+from metricpose.evaluate import predict_dataset
 from metricpose.metrics import fuse_views, mpjpe, orientation_decomposition
 
 
@@ -36,7 +36,7 @@ def triangulate(directions: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndar
 def main(data: str, runs: list[str], stride: int = 2) -> None:
     torch.set_num_threads(1)
     test = MultiViewDataset(data, subjects=["S9", "S11"], num_views=1)
-    cameras = [  # in the order of predict(): every camera of every stride-th instant
+    cameras = [  # in the order of predict_dataset(): every camera of every stride-th instant
         test.sequences[test.seq_index[i]].cameras[v]
         for i in range(0, len(test), stride)
         for v in range(int(test.num_cameras[i]))
@@ -45,7 +45,7 @@ def main(data: str, runs: list[str], stride: int = 2) -> None:
     t = np.stack([np.asarray(c.t, dtype=np.float64).reshape(3) for c in cameras])
     for run in runs:
         model, _ = load_model(Path(run) / "model.pt")
-        p = predict(model, test, frame_stride=stride)
+        p = predict_dataset(model, test, frame_stride=stride)
         root = np.einsum("mij,mkj->mki", R, p.pose_world[:, :1]) + t[:, None]  # (M, 1, 3) camera mm
         placed = p.pose_pred + root
         directions = placed[..., :2] / placed[..., 2:3]

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from metricpose.cameras import crop_intrinsics
-from metricpose.data.format import DatasetError, Sequence, open_dataset
+from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class MultiViewDataset(Dataset):
         frame_stride: int = 1,
     ) -> None:
         self.root = Path(root)
-        self.sequences: list[Sequence] = [
+        self.sequences: list[SequenceFolder] = [
             s for s in open_dataset(self.root, subjects) if s.has_frames
         ]
         if not self.sequences:

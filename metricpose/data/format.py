@@ -197,7 +197,7 @@ def _refuse_links_out(folder: Path) -> None:
             raise DatasetError(f"{path}: a link to {path.resolve()}, outside its sequence folder")
 
 
-class Sequence:
+class SequenceFolder:
     """One sequence of a dataset, validated on open; frames are memory-mapped lazily."""
 
     def __init__(self, folder: Path, check_frames: bool = True) -> None:
@@ -332,6 +332,14 @@ def _check_poses(poses: np.ndarray, T: int, missing: list[str], path: Path) -> n
             f"{path}: coordinate {poses[tuple(bad)]:.3g} mm at frame {bad[0]}, joint {bad[1]} is "
             f"implausible (more than {_MAX_COORDINATE_MM:.0e} mm from the world origin)"
         )
+    check_pose_units(poses, path)
+    return poses.astype(np.float32)
+
+
+def check_pose_units(poses: np.ndarray, path: Path) -> None:
+    """Raise one error naming ``path`` if (T, 17, 3) poses cannot be millimetres: a bone
+    longer than any person's, or a median bone so short that the file is in metres (NaN
+    joints are ignored)."""
     bones = np.linalg.norm(
         poses[:, [c for _, c in BONES]] - poses[:, [p for p, _ in BONES]], axis=-1
     )
@@ -347,7 +355,6 @@ def _check_poses(poses: np.ndarray, T: int, missing: list[str], path: Path) -> n
             f"{path}: median bone length is {median_bone:.3g}, implausibly short for "
             "millimetres; are the poses in metres? Multiply by 1000."
         )
-    return poses.astype(np.float32)
 
 
 def _parse_meta(raw: Any, path: Path) -> SequenceMeta:
@@ -391,11 +398,11 @@ def _parse_meta(raw: Any, path: Path) -> SequenceMeta:
 
 def open_dataset(
     root: Path, subjects: list[str] | None = None, check_frames: bool = True
-) -> list[Sequence]:
+) -> list[SequenceFolder]:
     """Open and validate every complete sequence (optionally only some subjects)."""
     seqs = []
     for folder in list_sequences(root):
-        seq = Sequence(folder, check_frames=check_frames)
+        seq = SequenceFolder(folder, check_frames=check_frames)
         if subjects is None or seq.meta.subject in subjects:
             seqs.append(seq)
     if not seqs:
@@ -425,7 +432,7 @@ def check_dataset(root: Path) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"{folder}: incomplete sequence (no meta.json)")
             continue
         try:
-            seq = Sequence(folder)
+            seq = SequenceFolder(folder)
         except DatasetError as exc:
             problems.append(str(exc))
             continue

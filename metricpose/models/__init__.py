@@ -1,4 +1,4 @@
-"""Networks: ResNet backbone, embedding head, 3D pose regressor, orientation head."""
+"""Networks: ResNet backbone, embedding head, 3D pose regressor."""
 
 from metricpose.models.posenet import PoseNet
 

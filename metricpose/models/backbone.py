@@ -49,21 +49,10 @@ class ResNetBackbone(ResNet):
                 elif isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
-        #: Channels of the last two stages' feature maps.
-        self.stage_channels = {
-            "layer3": planes[2] * block.expansion,
-            "layer4": planes[3] * block.expansion,
-        }
-        self.out_features = self.stage_channels["layer4"]
+        self.out_features = planes[3] * block.expansion
         self.fc = nn.Identity()
         if weights_path is not None:
             self._load_imagenet(Path(weights_path))
-
-    def feature_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> the layer3 and layer4 maps, (B, C3, H/16, W/16) and (B, C4, H/32, W/32)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        layer3 = self.layer3(self.layer2(self.layer1(x)))
-        return layer3, self.layer4(layer3)
 
     def _load_imagenet(self, path: Path) -> None:
         if not path.is_file():

@@ -1,17 +1,9 @@
 """The pose network: image crop -> (view-invariant embedding, 3D pose in the camera frame).
 
-A view-invariant embedding cannot say how the body is turned relative to the camera, yet
-MPJPE is measured in the camera frame. So the pose is factored:
-
-* the regressor maps the embedding to the pose in a **body-centred frame** (x: left hip ->
-  right hip, z: pelvis -> thorax made orthogonal to x, y = z × x, pointing forward), which is
-  the same from every camera;
-* an orientation head maps view-dependent backbone features to the body frame's rotation
-  relative to the camera (6D representation, Zhou et al. 2019);
-* the camera-frame pose is their composition, ``pose_cam = pose_body @ R_bodyᵀ``.
-
-``pose_frame="camera"`` instead regresses the camera-frame pose from the embedding directly
-(the naive design, kept for the ablation in docs/design.md).
+The regressor maps the embedding straight to the root-relative camera-frame pose. The factored
+design (a body-frame pose plus an orientation head) lost 25 mm over three seeds: the heading
+did not generalise from one labelled person (docs/design.md, "Where the pose comes from"; the
+code is at commit 1153807).
 """
 
 from __future__ import annotations
@@ -19,38 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metricpose.config import CHOICES
 from metricpose.models.backbone import ResNetBackbone
 from metricpose.skeleton import NUM_JOINTS
 
-ORIENTATION_SOURCES = ("pooled", "layer4", "layer3", "separate")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def rotation_6d_to_matrix(x: torch.Tensor) -> torch.Tensor:
-    """(..., 6) -> (..., 3, 3) rotation matrices whose first two columns are the
-    Gram-Schmidt orthonormalisation of the two 3-vectors."""
-    a, b = x[..., :3], x[..., 3:]
-    c1 = nn.functional.normalize(a, dim=-1)
-    c2 = nn.functional.normalize(b - (c1 * b).sum(-1, keepdim=True) * c1, dim=-1)
-    c3 = torch.cross(c1, c2, dim=-1)
-    return torch.stack([c1, c2, c3], dim=-1)
-
-
-def body_frame(pose_cam: torch.Tensor) -> torch.Tensor:
-    """Rotation from the body-centred frame to the camera frame.
-
-    Args:
-        pose_cam: (..., 17, 3) root-relative camera-frame pose.
-
-    Returns:
-        (..., 3, 3) matrix whose columns are the body's right, forward and up axes.
-    """
-    right = nn.functional.normalize(pose_cam[..., 1, :] - pose_cam[..., 4, :], dim=-1)
-    spine = pose_cam[..., 8, :] - pose_cam[..., 0, :]
-    up = nn.functional.normalize(spine - (spine * right).sum(-1, keepdim=True) * right, dim=-1)
-    forward = torch.cross(up, right, dim=-1)
-    return torch.stack([right, forward, up], dim=-1)
 
 
 class ResidualBlock(nn.Module):
@@ -85,10 +51,10 @@ class PoseRegressor(nn.Module):
 
 
 class PoseNet(nn.Module):
-    """Backbone + embedding head + pose regressor (+ orientation head).
+    """Backbone + embedding head + pose regressor.
 
     ``pose_mean`` and ``pose_std`` (17, 3) mm are the statistics of the training targets
-    (body-frame or camera-frame poses); the regressor predicts normalised coordinates.
+    (root-relative camera-frame poses); the regressor predicts normalised coordinates.
     """
 
     def __init__(
@@ -99,22 +65,17 @@ class PoseNet(nn.Module):
         regressor_width: int = 1024,
         regressor_blocks: int = 2,
         dropout: float = 0.25,
-        pose_frame: str = "body",
         weights_path: str | None = None,
-        orientation_from: str = "pooled",
         norm_eval: bool = False,
         regressor_input: str = "embedding",
     ) -> None:
         super().__init__()
         self.norm_eval = norm_eval
-        if regressor_input not in ("embedding", "embedding+features"):
+        if regressor_input not in CHOICES["model.regressor_input"]:
             raise ValueError(
-                f"regressor_input must be 'embedding' or 'embedding+features', got {regressor_input!r}"
+                f"regressor_input must be one of {CHOICES['model.regressor_input']}, got {regressor_input!r}"
             )
         self.regressor_input = regressor_input
-        if pose_frame not in ("body", "camera"):
-            raise ValueError(f"pose_frame must be 'body' or 'camera', got {pose_frame!r}")
-        self.pose_frame = pose_frame
         self.backbone = ResNetBackbone(backbone, width, weights_path)
         feat = self.backbone.out_features
         self.embed = nn.Linear(feat, embedding_dim)
@@ -122,29 +83,6 @@ class PoseNet(nn.Module):
         # keep the view (heading) information the metric loss removes from the embedding.
         regressor_in = embedding_dim + (feat if regressor_input == "embedding+features" else 0)
         self.regressor = PoseRegressor(regressor_in, regressor_width, regressor_blocks, dropout)
-        if orientation_from not in ORIENTATION_SOURCES:
-            raise ValueError(
-                f"orientation_from must be one of {ORIENTATION_SOURCES}, got {orientation_from!r}"
-            )
-        self.orientation_from = orientation_from
-        self.orientation = None
-        if pose_frame == "body":
-            # "pooled": the globally pooled features that also feed the embedding; "layer4" /
-            # "layer3": that stage's map pooled to a coarse grid, keeping the spatial layout
-            # that tells left from right; "separate": a quarter-width backbone of its own,
-            # trained by the 3D loss alone, out of reach of the metric loss's view invariance.
-            grid = {"pooled": 1, "layer4": 2, "layer3": 4, "separate": 2}[orientation_from]
-            if orientation_from == "separate":
-                self.orientation_backbone = ResNetBackbone(backbone, width / 2)
-                channels = self.orientation_backbone.out_features
-            elif orientation_from == "pooled":
-                channels = feat
-            else:
-                channels = self.backbone.stage_channels[orientation_from]
-            self.orientation_pool = nn.AdaptiveAvgPool2d(grid)
-            self.orientation = nn.Sequential(
-                nn.Linear(channels * grid * grid, 256), nn.ReLU(), nn.Linear(256, 6)
-            )
         self.register_buffer("pose_mean", torch.zeros(NUM_JOINTS, 3))
         self.register_buffer("pose_std", torch.ones(NUM_JOINTS, 3))
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
@@ -170,12 +108,10 @@ class PoseNet(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """images (B, S, S, 3) 0-255 RGB -> dict with
-        ``embedding`` (B, D) unit-norm, ``pose_cam`` (B, 17, 3) root-relative camera-frame mm,
-        and for pose_frame="body" also ``pose_body`` (B, 17, 3) mm and ``rotation`` (B, 3, 3)."""
-        x = self.normalise_images(images)
-        layer3, layer4 = self.backbone.feature_maps(x)
-        features = torch.flatten(self.backbone.avgpool(layer4), 1)
+        """images (B, S, S, 3) 0-255 RGB -> dict with ``embedding`` (B, D) unit-norm,
+        ``pose_cam`` (B, 17, 3) root-relative camera-frame mm and ``features`` (B, C), the
+        pooled backbone features."""
+        features = self.backbone(self.normalise_images(images))
         embedding = nn.functional.normalize(self.embed(features), dim=-1)
         inputs = (
             embedding
@@ -183,20 +119,4 @@ class PoseNet(nn.Module):
             else torch.cat([embedding, features], 1)
         )
         pose = self.regressor(inputs).view(-1, NUM_JOINTS, 3) * self.pose_std + self.pose_mean
-        pose = pose - pose[:, :1]
-        if self.orientation is None:
-            return {"embedding": embedding, "pose_cam": pose, "features": features}
-        if self.orientation_from == "separate":
-            source = self.orientation_backbone.feature_maps(x)[1]
-        else:
-            source = {"pooled": layer4, "layer4": layer4, "layer3": layer3}[self.orientation_from]
-        rotation = rotation_6d_to_matrix(
-            self.orientation(torch.flatten(self.orientation_pool(source), 1))
-        )
-        return {
-            "embedding": embedding,
-            "pose_body": pose,
-            "rotation": rotation,
-            "pose_cam": pose @ rotation.transpose(-1, -2),
-            "features": features,
-        }
+        return {"embedding": embedding, "pose_cam": pose - pose[:, :1], "features": features}

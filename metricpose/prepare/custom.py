@@ -26,20 +26,19 @@ import yaml
 from scipy.spatial.transform import Rotation
 
 from metricpose.cameras import Camera, load_cameras_json
-from metricpose.data.format import load_array
+from metricpose.data.format import check_pose_units, load_array
 from metricpose.errors import InputError
-from metricpose.prepare.common import (
+from metricpose.fileio import require_dir
+from metricpose.imaging import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
-    SourceSequence,
-    boxes_from_poses,
     image_reader,
-    require_dir,
     video_frame_count,
     video_reader,
     whole_frame_box,
 )
-from metricpose.skeleton import BONES, NUM_JOINTS
+from metricpose.prepare.common import SourceSequence, boxes_from_poses
+from metricpose.skeleton import NUM_JOINTS
 
 
 class _OpenCVLoader(yaml.SafeLoader):
@@ -156,14 +155,7 @@ def sequences(
             raise InputError(
                 f"{poses_path}: must have shape (T, {NUM_JOINTS}, 3), got {poses.shape}"
             )
-        bones = np.linalg.norm(
-            poses[:, [c for _, c in BONES]] - poses[:, [p for p, _ in BONES]], axis=-1
-        )
-        if np.nanmedian(bones) < 20:
-            raise InputError(
-                f"{poses_path}: median bone length {np.nanmedian(bones):.3g} is implausibly short for "
-                "millimetres; are the poses in metres? Multiply by 1000."
-            )
+        check_pose_units(poses, poses_path)
         counts.append(len(poses))
     if not counts:
         raise InputError(f"{root}: nothing to convert: --no-frames and no poses_3d.npy")

@@ -26,15 +26,13 @@ import numpy as np
 
 from metricpose.cameras import Camera
 from metricpose.errors import InputError
+from metricpose.fileio import require_dir, require_file
+from metricpose.imaging import video_frame_count, video_reader
 from metricpose.prepare.common import (
     SourceSequence,
     boxes_from_poses,
     load_annotation_npz,
     mmpose_views,
-    require_dir,
-    require_file,
-    video_frame_count,
-    video_reader,
     world_from_views,
 )
 

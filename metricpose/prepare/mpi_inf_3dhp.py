@@ -32,17 +32,14 @@ import numpy as np
 
 from metricpose.cameras import Camera, intrinsics_matrix
 from metricpose.errors import InputError
+from metricpose.fileio import require_dir, require_file
+from metricpose.imaging import image_reader, video_frame_count, video_reader
 from metricpose.prepare.common import (
     SourceSequence,
     boxes_from_poses,
-    image_reader,
     load_annotation_npz,
     load_arrays_pickle,
     mmpose_views,
-    require_dir,
-    require_file,
-    video_frame_count,
-    video_reader,
     world_from_views,
 )
 from metricpose.skeleton import FROM_MPI_INF_3DHP_17, FROM_MPI_INF_3DHP_28, remap_joints

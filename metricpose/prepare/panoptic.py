@@ -26,12 +26,9 @@ import numpy as np
 from metricpose.cameras import Camera
 from metricpose.data.format import load_json
 from metricpose.errors import InputError
-from metricpose.prepare.common import (
-    SourceSequence,
-    boxes_from_poses,
-    require_dir,
-    video_reader,
-)
+from metricpose.fileio import require_dir
+from metricpose.imaging import video_reader
+from metricpose.prepare.common import SourceSequence, boxes_from_poses
 from metricpose.skeleton import FROM_PANOPTIC_19, remap_joints
 
 FPS = 29.97

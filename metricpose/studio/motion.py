@@ -13,13 +13,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from metricpose.skeleton import JOINT_NAMES
 from metricpose.studio.body import Subject, euler_to_matrix, forward_kinematics
 
-J = {
-    "root": 0, "r_hip": 1, "r_knee": 2, "r_ankle": 3, "l_hip": 4, "l_knee": 5, "l_ankle": 6,
-    "spine": 7, "thorax": 8, "neck": 9, "head": 10, "l_shoulder": 11, "l_elbow": 12,
-    "l_wrist": 13, "r_shoulder": 14, "r_elbow": 15, "r_wrist": 16,
-}  # fmt: skip
+J = {name: index for index, name in enumerate(JOINT_NAMES)}
 
 #: (min, max) degrees of (flexion, abduction, twist) for each joint, as Pose.set takes them.
 JOINT_LIMITS_DEG: dict[str, tuple[tuple[float, float], ...]] = {
@@ -33,13 +30,13 @@ JOINT_LIMITS_DEG: dict[str, tuple[tuple[float, float], ...]] = {
     "elbow": ((0, 150), (0, 0), (-30, 30)),
 }
 _LIMIT_OF_JOINT = {
-    "root": "root", "r_hip": "hip", "l_hip": "hip", "r_knee": "knee", "l_knee": "knee",
-    "spine": "spine", "thorax": "thorax", "neck": "neck", "l_shoulder": "shoulder",
-    "r_shoulder": "shoulder", "l_elbow": "elbow", "r_elbow": "elbow",
+    "pelvis": "root", "right_hip": "hip", "left_hip": "hip", "right_knee": "knee", "left_knee": "knee",
+    "spine": "spine", "thorax": "thorax", "neck_nose": "neck", "left_shoulder": "shoulder",
+    "right_shoulder": "shoulder", "left_elbow": "elbow", "right_elbow": "elbow",
 }  # fmt: skip
 
 ANKLE_HEIGHT_MM = 80.0
-_UPWARD = ("root", "spine", "thorax", "neck")
+_UPWARD = ("pelvis", "spine", "thorax", "neck_nose")
 
 
 @dataclass
@@ -70,7 +67,7 @@ class Pose:
         Positive flexion moves a limb forward; for the upward chain (root, spine, thorax, neck)
         it bends forward too, which is a negative rotation about x for bones that point up.
         """
-        mirror = -1.0 if name.startswith("r_") else 1.0
+        mirror = -1.0 if name.startswith("right_") else 1.0
         a = self.angles[name]
         a[:, 0] += -flex if name in _UPWARD else flex
         a[:, 1] += mirror * np.asarray(abd)
@@ -78,13 +75,13 @@ class Pose:
 
     def lean(self, forward_deg) -> None:
         """Tilt the trunk forward about the hips, leaving the legs' direction unchanged."""
-        self.set("root", flex=forward_deg)
-        self.set("r_hip", flex=forward_deg)
-        self.set("l_hip", flex=forward_deg)
+        self.set("pelvis", flex=forward_deg)
+        self.set("right_hip", flex=forward_deg)
+        self.set("left_hip", flex=forward_deg)
 
     def limb(self, side: int, part: str, **kw) -> None:
         """Like set() for 'hip', 'knee', 'shoulder', 'elbow' of side +1 (right) / -1 (left)."""
-        self.set(("r_" if side > 0 else "l_") + part, **kw)
+        self.set(("right_" if side > 0 else "left_") + part, **kw)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -126,7 +123,7 @@ def turning(p: Pose, t: np.ndarray, k: TakeParams) -> None:
     centre = k.start_xy
     p.root_xy = centre + radius * np.stack([np.cos(ang), np.sin(ang)], -1)
     p.yaw[:] = ang + (np.pi if k.side > 0 else 0.0)
-    p.set("neck", twist=k.side * 15)
+    p.set("neck_nose", twist=k.side * 15)
 
 
 def waving(p: Pose, t: np.ndarray, k: TakeParams) -> None:
@@ -135,7 +132,7 @@ def waving(p: Pose, t: np.ndarray, k: TakeParams) -> None:
     p.limb(k.side, "elbow", flex=55 + 35 * k.amplitude * np.sin(ph))
     p.limb(-k.side, "elbow", flex=10)
     p.set("spine", abd=-k.side * 6 * np.sin(ph / 2))
-    p.set("neck", twist=10 * np.sin(ph / 3))
+    p.set("neck_nose", twist=10 * np.sin(ph / 3))
     p.yaw[:] = k.heading
     p.root_xy[:] = k.start_xy
 
@@ -160,7 +157,7 @@ def squatting(p: Pose, t: np.ndarray, k: TakeParams) -> None:
         p.limb(side, "shoulder", flex=70 * depth)
         p.limb(side, "elbow", flex=10 + 20 * depth)
     p.lean(25 * depth)
-    p.set("neck", flex=-20 * depth)
+    p.set("neck_nose", flex=-20 * depth)
     p.yaw[:] = k.heading
     p.root_xy[:] = k.start_xy
 
@@ -169,7 +166,7 @@ def bending(p: Pose, t: np.ndarray, k: TakeParams) -> None:
     bend = _pulse(2 * np.pi * 0.35 * k.speed * t + k.phase) * k.amplitude
     p.lean(45 * bend)
     p.set("spine", flex=40 * bend)
-    p.set("neck", flex=-25 * bend)
+    p.set("neck_nose", flex=-25 * bend)
     for side in (1, -1):
         p.limb(side, "hip", flex=-5 * bend)
         p.limb(side, "shoulder", flex=25 * bend)
@@ -251,7 +248,7 @@ def phoning(p: Pose, t: np.ndarray, k: TakeParams) -> None:
     p.limb(k.side, "elbow", flex=140)
     p.limb(-k.side, "shoulder", flex=10 * np.sin(ph))
     p.limb(-k.side, "elbow", flex=30 + 40 * _pulse(ph * 2))
-    p.set("neck", twist=45 * k.amplitude * np.sin(ph), flex=10)
+    p.set("neck_nose", twist=45 * k.amplitude * np.sin(ph), flex=10)
     p.set("spine", twist=10 * np.sin(ph))
     walk = 0.4 * np.sin(ph)
     p.root_xy = k.start_xy + 600 * np.stack([walk, 0 * walk], -1)
@@ -323,7 +320,7 @@ def _clip_to_limits(angles: dict[str, np.ndarray]) -> None:
         sign = np.array(
             [
                 -1.0 if name in _UPWARD else 1.0,
-                *([-1.0] * 2 if name.startswith("r_") else [1.0] * 2),
+                *([-1.0] * 2 if name.startswith("right_") else [1.0] * 2),
             ]
         )
         a = angles[name]
@@ -370,7 +367,7 @@ def generate_take(
     local[:, 0] = heading @ local[:, 0]
     joints, rotations = forward_kinematics(subject.rest_offsets(), local, np.zeros((num_frames, 3)))
     # Stand on the floor: the lower ankle touches it, plus any lift (jumps, gait bounce).
-    ground = np.minimum(joints[:, J["r_ankle"], 2], joints[:, J["l_ankle"], 2])
+    ground = np.minimum(joints[:, J["right_ankle"], 2], joints[:, J["left_ankle"], 2])
     shift = np.zeros((num_frames, 3))
     shift[:, :2] = pose.root_xy
     shift[:, 2] = ANKLE_HEIGHT_MM - ground + pose.lift_mm
