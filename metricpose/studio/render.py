@@ -182,10 +182,10 @@ def render_body(
         joints_cam: (N, 17, 3) joints in the camera frame, mm.
         rotations_cam: (N, 17, 3, 3) global joint rotations in the camera frame.
         K_crop: (N, 3, 3) crop intrinsics.
-        background: (N, S, S, 3) float RGB.
+        background: (N, S, S, 3) float RGB, contiguous; drawn over in place.
 
     Returns:
-        (N, S, S, 3) float RGB 0-255.
+        ``background`` with the subject drawn, float RGB 0-255.
     """
     extra = _derived_points(joints_cam, rotations_cam)
 
@@ -279,9 +279,8 @@ def render_body(
     colour = torch.where(hair[..., None], hair_colour, colour)
     colour = torch.where(eyes[..., None], torch.full_like(colour, 25.0), colour)
 
-    image = background.reshape(-1, 3).clone()
-    image[pixel] = (colour * shade[..., None]).clamp(0, 255)
-    return image.reshape(background.shape)
+    background.view(-1, 3)[pixel] = (colour * shade[..., None]).clamp(0, 255)
+    return background
 
 
 #: The studio's person box: the projected joints' extent times this. The converters' and
@@ -312,8 +311,11 @@ def person_boxes(
     return np.concatenate([centre - side[:, None] / 2, centre + side[:, None] / 2], axis=1)
 
 
-def random_backgrounds(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """(N, S, S, 3) float RGB: each crop a blend of two random colours along random stripes.
+def random_backgrounds(
+    n: int, size: int, generator: torch.Generator, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, S, S, 3) float RGB: each crop a blend of two random colours along random stripes
+    (written into ``out`` when given).
 
     Behind every crop a fresh one, so that nothing in the background tells the camera, the
     person's place in the room or the take: only the person can tell the pose.
@@ -329,7 +331,7 @@ def random_backgrounds(n: int, size: int, generator: torch.Generator) -> torch.T
     wave = 0.5 + 0.5 * torch.sin(frequency * (xx * angle.cos() + yy * angle.sin()) + phase)
     mix = (wave * uniform(n, 1, 1))[..., None]
     first, second = uniform(n, 1, 1, 3, lo=20, hi=235), uniform(n, 1, 1, 3, lo=20, hi=235)
-    return first * (1 - mix) + second * mix
+    return torch.add(first * (1 - mix), second * mix, out=out)
 
 
 def render_take(
@@ -377,20 +379,23 @@ def render_takes(
     """
     joints_world = np.concatenate([joints for joints, _, _ in takes])
     rotations_world = np.concatenate([rotations for _, rotations, _ in takes])
-    backgrounds, noise = [], []
-    for joints, _, seed in takes:
+    boxes = person_boxes(joints_world, camera)
+    shape = (len(joints_world), size, size, 3)
+    background = (
+        torch.empty(shape)
+        if backdrop is None
+        else backdrop.crops(boxes, size, joints_world[:, 0, :2]).contiguous()
+    )
+    noise = torch.empty(shape)
+    row = 0
+    for joints, _, seed in takes:  # drawn into their rows, in each take's own stream order
         generator = torch.Generator().manual_seed(seed)
         for s in range(0, len(joints), chunk):
-            n = len(joints[s : s + chunk])
+            rows = slice(row, row + len(joints[s : s + chunk]))
             if backdrop is None:
-                backgrounds.append(random_backgrounds(n, size, generator))
-            noise.append(torch.randn((n, size, size, 3), generator=generator) * 3.0)
-    noise = torch.cat(noise)
-    boxes = person_boxes(joints_world, camera)
-    if backdrop is None:
-        background = torch.cat(backgrounds)
-    else:
-        background = backdrop.crops(boxes, size, joints_world[:, 0, :2])
+                random_backgrounds(rows.stop - rows.start, size, generator, out=background[rows])
+            torch.randn(noise[rows].shape, generator=generator, out=noise[rows]).mul_(3.0)
+            row = rows.stop
     K_crop = crop_intrinsics(camera.K, boxes, size)
     joints_cam = camera.world_to_camera(joints_world)
     rotations_cam = camera.R @ rotations_world
@@ -400,6 +405,6 @@ def render_takes(
         img = render_body(
             joints_cam[sl], rotations_cam[sl], subject, K_crop[sl], camera, size, background[sl]
         )
-        crops[sl] = (img + noise[sl]).round().clamp(0, 255).to(torch.uint8).numpy()
+        crops[sl] = img.add_(noise[sl]).round_().clamp_(0, 255).to(torch.uint8).numpy()
     ends = np.cumsum([len(joints) for joints, _, _ in takes])[:-1]
     return list(zip(np.split(crops, ends), np.split(boxes, ends), strict=True))
