@@ -598,33 +598,7 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     last = out / "checkpoints" / "last.ckpt"
     stop_on_signal, clock = StopOnSignal(last), StepClock()
-    trainer = L.Trainer(
-        max_steps=config["train"]["steps"],
-        max_epochs=-1,
-        val_check_interval=min(config["train"]["val_every"], config["train"]["steps"]),
-        check_val_every_n_epoch=None,
-        gradient_clip_val=config["train"]["grad_clip"] or None,
-        callbacks=[
-            *_checkpoint_callbacks(out, config["train"]["val_every"]),
-            stop_on_signal,
-            clock,
-        ],
-        logger=[
-            # A resumed run logs beside the first attempt's CSV instead of overwriting it.
-            CSVLogger(
-                out, name="logs", version="" if not start_step else f"resumed-at-{start_step}"
-            ),
-            TensorBoardLogger(out, name="tensorboard", version=""),
-        ],
-        log_every_n_steps=config["train"]["log_every"],
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        deterministic=False,
-        **options,
-    )
+    trainer = _trainer(config, out, start_step, options, [stop_on_signal, clock], progress)
     began = time.perf_counter()
     stop_on_signal.install()
     try:
@@ -720,6 +694,42 @@ def _loaders(
         pin_memory=pin,
     )
     return train_loader, val_loader
+
+
+def _trainer(
+    config: dict[str, Any],
+    out: Path,
+    start_step: int,
+    options: dict[str, Any],
+    callbacks: list[L.Callback],
+    progress: bool,
+) -> L.Trainer:
+    """Lightning's Trainer for ``config``: checkpoints, CSV and TensorBoard logs under
+    ``out``, atomic checkpoint files, no sampler of its own (ours draws every step's batch)."""
+    t = config["train"]
+    return L.Trainer(
+        max_steps=t["steps"],
+        max_epochs=-1,
+        val_check_interval=min(t["val_every"], t["steps"]),
+        check_val_every_n_epoch=None,
+        gradient_clip_val=t["grad_clip"] or None,
+        callbacks=[*_checkpoint_callbacks(out, t["val_every"]), *callbacks],
+        logger=[
+            # A resumed run logs beside the first attempt's CSV instead of overwriting it.
+            CSVLogger(
+                out, name="logs", version="" if not start_step else f"resumed-at-{start_step}"
+            ),
+            TensorBoardLogger(out, name="tensorboard", version=""),
+        ],
+        log_every_n_steps=t["log_every"],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+        **options,
+    )
 
 
 def _checkpoint_callbacks(out: Path, every: int) -> list[ModelCheckpoint]:
