@@ -661,9 +661,7 @@ def test_a_full_disk_or_unusable_output_stops_before_the_work(
     with pytest.raises(OSError, match="a_file"):
         convert(sequences, blocker / "out", 64, progress=False)
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(
-        "metricpose.fileio.shutil.disk_usage", lambda p: usage(10**9, 10**9, 2**20)
-    )
+    monkeypatch.setattr("metricpose.fileio.shutil.disk_usage", lambda p: usage(10**9, 10**9, 2**20))
     with pytest.raises(OSError, match=r"out: only 1 MB free; sequence S1_Directions_1 needs about"):
         convert(sequences, tmp_path / "out", 256, progress=False)
     assert not list((tmp_path / "out").iterdir())  # nothing half-written
