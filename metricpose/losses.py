@@ -72,6 +72,21 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def _negatives_in_pool(
+    sequence: torch.Tensor, frame: torch.Tensor, subject: torch.Tensor, time_window: int
+) -> torch.Tensor:
+    """(B, B_all) :func:`negative_mask` of this process's B instants against the pool of every
+    DDP process's instants (the pool is the local batch without DDP), each instant's own
+    column excluded."""
+    ids = [_gather_with_grad(x) for x in (sequence, frame, subject)]
+    B = sequence.shape[0]
+    offset = dist.get_rank() * B if ids[0].shape[0] != B else 0
+    valid = negative_mask(sequence, frame, subject, time_window, *ids)
+    rows = torch.arange(B, device=valid.device)
+    valid[rows, rows + offset] = False
+    return valid
+
+
 def info_nce(
     d_pos: torch.Tensor,
     d_ap: torch.Tensor,
@@ -117,7 +132,7 @@ def hardest_negative_loss(
 
     Returns:
         the mean over anchors with a negative, and (B,) each anchor's hardest-negative distance
-        (inf where it has none).
+        (the dtype's largest value where it has none).
     """
     inf = torch.finfo(d_ap.dtype).max
     candidates = torch.cat([d_ap.masked_fill(~valid, inf), d_pa.masked_fill(~valid, inf)], dim=1)
@@ -158,15 +173,7 @@ def multiview_metric_loss(
         raise ValueError(f"unknown metric loss {kind!r}; expected one of {CHOICES['loss.metric']}")
     all_pos = _gather_with_grad(positive)
     all_anchor = _gather_with_grad(anchor)
-    ids = [_gather_with_grad(x) for x in (sequence, frame, subject)]
-    rank_offset = 0
-    if all_pos.shape[0] != positive.shape[0]:
-        rank_offset = dist.get_rank() * positive.shape[0]
-    B = anchor.shape[0]
-    local = torch.arange(B, device=anchor.device) + rank_offset
-
-    valid = negative_mask(sequence, frame, subject, time_window, *ids)
-    valid[torch.arange(B), local] = False
+    valid = _negatives_in_pool(sequence, frame, subject, time_window)
     d_ap = torch.cdist(anchor, all_pos)  # (B, B_all): a_i vs p_j
     d_pa = torch.cdist(positive, all_anchor)  # (B, B_all): p_i vs a_j
     d_pos = (anchor - positive).norm(dim=-1)
@@ -227,11 +234,7 @@ def calibrated_metric_loss(
     """
     world_a, world_b = pose_a @ R_a, pose_b @ R_b  # rows: (Rᵀ x)ᵀ = xᵀ R
     all_a, all_b = _gather_with_grad(world_a), _gather_with_grad(world_b)
-    ids = [_gather_with_grad(x) for x in (sequence, frame, subject)]
-    B = pose_a.shape[0]
-    offset = dist.get_rank() * B if all_a.shape[0] != B else 0
-    valid = negative_mask(sequence, frame, subject, time_window, *ids)
-    valid[torch.arange(B), torch.arange(B) + offset] = False
+    valid = _negatives_in_pool(sequence, frame, subject, time_window)
     d_pos = torch.linalg.norm(world_a - world_b, dim=-1).mean(-1)
     d_ap, d_pa = pose_distances(world_a, all_b), pose_distances(world_b, all_a)
     share = ddp_share(valid.any(dim=1).sum(), pose_a.device)
