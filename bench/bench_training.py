@@ -16,7 +16,7 @@ from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.sampler import MixedBatchSampler
 from metricpose.models.backbone import ResNetBackbone
 from metricpose.studio.generate import generate, synth_config
-from metricpose.train import PoseModule, StepBatches, collate_keys, labelled_instants, train
+from metricpose.train import PoseModule, StepBatches, labelled_instants, train
 
 
 def _rate(step, batches: int, images_per_batch: int) -> float:
@@ -67,7 +67,7 @@ def full_method(batch_size: int = 32) -> Iterator[tuple[PoseModule, MixedBatchSa
         sampler = MixedBatchSampler(
             supervised, dataset.subject_index, dataset.num_cameras, batch_size, 0.5, 10_000, 0
         )
-        yield module, sampler, collate_keys(dataset)
+        yield module, sampler, dataset.batch
 
 
 def bare_backbone_rate(config: dict, images: int, crop: int, batches: int) -> float:

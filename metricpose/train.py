@@ -16,7 +16,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from metricpose.checkpoint import AtomicCheckpointIO, build_model, safe_load, save_model
 from metricpose.config import parse_labels
@@ -319,13 +319,6 @@ def mirror_instants(batch: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[
     )
     out["pose_cam"] = torch.where(flip[:, None, None, None], mirrored, batch["pose_cam"])
     return out
-
-
-def collate_keys(dataset: MultiViewDataset):
-    def collate(keys: list[FrameKey]) -> dict[str, torch.Tensor]:
-        return default_collate([dataset[k] for k in keys])
-
-    return collate
 
 
 class StepBatches(IterableDataset):
@@ -669,12 +662,11 @@ def _loaders(
         unlabelled_views=config["batch"]["unlabelled_views"],
     )  # fmt: skip
     workers = config["data"]["num_workers"]
-    collate = collate_keys(dataset)
     pin = torch.cuda.is_available() and options["accelerator"] in ("auto", "gpu")
     # An iterable of the remaining steps' batches, without a length: Lightning then never ends
     # an "epoch" early and restarts it on resume; max_steps ends training.
     train_loader = DataLoader(
-        StepBatches(sampler, collate),
+        StepBatches(sampler, dataset.batch),
         batch_size=None,
         num_workers=workers,
         persistent_workers=workers > 0,
@@ -688,7 +680,7 @@ def _loaders(
     val_loader = DataLoader(
         val_keys,
         batch_size=64,
-        collate_fn=collate,
+        collate_fn=dataset.batch,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin,

@@ -38,7 +38,7 @@ def test_workers_give_the_same_batches(tiny_studio):
         DataLoader(
             keys,
             batch_size=4,
-            collate_fn=lambda k: torch.utils.data.default_collate([ds[x] for x in k]),
+            collate_fn=ds.batch,
         )
     )
     multi = list(
@@ -46,9 +46,23 @@ def test_workers_give_the_same_batches(tiny_studio):
             keys,
             batch_size=4,
             num_workers=2,
-            collate_fn=lambda k: torch.utils.data.default_collate([ds[x] for x in k]),
+            collate_fn=ds.batch,
         )
     )
     for a, b in zip(single, multi, strict=True):
         for key in a:
             assert torch.equal(a[key], b[key])
+
+
+def test_a_batch_is_its_samples_collated(tiny_studio):
+    """dataset.batch converts once per field what default_collate stacks sample by sample:
+    the same names, dtypes, shapes and values, plain indices and chosen views alike."""
+    ds = MultiViewDataset(tiny_studio, subjects=["S1", "S9"])
+    for keys in ([FrameKey(i, (i % 4, (i + 3) % 4)) for i in (0, 7, 70, 100)], [3, 90]):
+        expected = torch.utils.data.default_collate([ds[k] for k in keys])
+        got = ds.batch(keys)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert got[name].dtype == value.dtype, name
+            assert torch.equal(got[name], value), name
+    assert got["labelled"].shape == (2,) and got["K"].dtype == torch.float32

@@ -79,6 +79,17 @@ class MultiViewDataset(Dataset):
             self._pid = os.getpid()
 
     def __getitem__(self, key: int | FrameKey) -> dict[str, torch.Tensor]:
+        return _as_tensors(self._arrays(key))
+
+    def batch(self, keys: list[int | FrameKey]) -> dict[str, torch.Tensor]:
+        """The samples of ``keys`` stacked along a new first axis: what ``default_collate`` of
+        ``[dataset[k] for k in keys]`` gives, converted to tensors once per field instead of
+        once per sample (a tenth of a small training step went to those conversions)."""
+        samples = [self._arrays(k) for k in keys]
+        return _as_tensors({name: np.stack([s[name] for s in samples]) for name in samples[0]})
+
+    def _arrays(self, key: int | FrameKey) -> dict[str, np.ndarray]:
+        """One sample as numpy arrays (see the class docstring)."""
         self._reopen_after_fork()
         if isinstance(key, FrameKey):
             index, views = key.index, key.views
@@ -90,15 +101,12 @@ class MultiViewDataset(Dataset):
         seq = self.sequences[self.seq_index[index]]
         t = int(self.frame_index[index])
         cams = [seq.cameras[v] for v in views]
-        images = np.stack([seq.frames(c.name)[t] for c in cams])
         K = np.stack(
             [
                 crop_intrinsics(c.K, seq.boxes[v, t], seq.meta.crop_size)
                 for v, c in zip(views, cams, strict=True)
             ]
         )
-        R = np.stack([c.R for c in cams])
-        tr = np.stack([c.t for c in cams])
         if seq.labelled:
             world = seq.poses_3d[t]
             pose_cam = seq.poses_camera(t, views)
@@ -106,16 +114,28 @@ class MultiViewDataset(Dataset):
             world = np.zeros((17, 3))
             pose_cam = np.zeros((len(views), 17, 3))
         return {
-            "images": torch.from_numpy(np.ascontiguousarray(images)),
-            "K": torch.as_tensor(K, dtype=torch.float32),
-            "R": torch.as_tensor(R, dtype=torch.float32),
-            "t": torch.as_tensor(tr, dtype=torch.float32),
-            "pose_cam": torch.as_tensor(pose_cam, dtype=torch.float32),
-            "pose_world": torch.as_tensor(world, dtype=torch.float32),
-            "labelled": torch.tensor(seq.labelled),
-            "subject": torch.tensor(int(self.subject_index[index])),
-            "sequence": torch.tensor(int(self.seq_index[index])),
-            "frame": torch.tensor(t),
-            "index": torch.tensor(index),
-            "views": torch.tensor(views),
+            "images": np.stack([seq.frames(c.name)[t] for c in cams]),
+            "K": K,
+            "R": np.stack([c.R for c in cams]),
+            "t": np.stack([c.t for c in cams]),
+            "pose_cam": pose_cam,
+            "pose_world": world,
+            "labelled": np.array(seq.labelled),
+            "subject": np.array(self.subject_index[index], dtype=np.int64),
+            "sequence": np.array(self.seq_index[index], dtype=np.int64),
+            "frame": np.array(t, dtype=np.int64),
+            "index": np.array(index, dtype=np.int64),
+            "views": np.array(views, dtype=np.int64),
         }
+
+
+#: Sample fields stored as float32 tensors (cameras and poses); the others keep their dtype
+#: (uint8 images, bool labelled flag, int64 ids).
+_FLOAT_FIELDS = ("K", "R", "t", "pose_cam", "pose_world")
+
+
+def _as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {
+        name: torch.from_numpy(np.asarray(a, dtype=np.float32 if name in _FLOAT_FIELDS else None))
+        for name, a in arrays.items()
+    }

@@ -300,7 +300,9 @@ class SequenceFolder:
                 )
             if arr.dtype != np.uint8:
                 raise DatasetError(f"{path}: expected uint8 pixels, got {arr.dtype}")
-            self._frames[camera_name] = arr
+            # A plain ndarray over the same mapping: np.memmap's own indexing costs ~25 µs per
+            # crop, a tenth of a small training step.
+            self._frames[camera_name] = arr.view(np.ndarray)
         return self._frames[camera_name]
 
 
