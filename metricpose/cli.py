@@ -298,7 +298,14 @@ def _pseudo_label(args: argparse.Namespace) -> None:
     from metricpose.pseudo_labels import write_pseudo_labels
 
     subjects = _csv_list(args.subjects)
-    index = write_pseudo_labels(Path(args.checkpoint), Path(args.data), Path(args.out), subjects)
+    index = write_pseudo_labels(
+        Path(args.checkpoint),
+        Path(args.data),
+        Path(args.out),
+        subjects,
+        mirror=not args.no_mirror,
+        smooth_s=args.smooth_s,
+    )
     fallback = sum(len(s["fallback_frames"]) for s in index["sequences"].values())
     frames = sum(s["frames"] for s in index["sequences"].values())
     print(
@@ -469,6 +476,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the pseudo-labels (data.pseudo_labels)")
     p.add_argument(
         "--subjects", help="comma-separated subjects (default: the teacher's training subjects)"
+    )
+    p.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="the teacher sees each crop once (default: also mirrored left-right, answers averaged)",
+    )
+    p.add_argument(
+        "--smooth-s",
+        type=float,
+        default=0.16,
+        help="Gaussian smoothing of the labels along time, sigma in seconds (0: none; default 0.16)",
     )
     p.set_defaults(func=_pseudo_label)
 

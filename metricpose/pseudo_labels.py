@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter1d
 
 from metricpose.cameras import crop_intrinsics, triangulate_views
 from metricpose.checkpoint import load_model
@@ -37,7 +38,7 @@ from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
 from metricpose.errors import InputError
 from metricpose.fileio import atomic_write_bytes, atomic_write_text
-from metricpose.skeleton import BONES
+from metricpose.skeleton import BONES, FLIP_INDEX
 
 INDEX_FILE = "pseudo_labels.json"
 #: A triangulated bone longer than this (mm) means the rays nearly missed each other and the
@@ -47,9 +48,12 @@ _SAVE_EVERY_S = 10.0
 
 
 def triangulated_poses(
-    model: torch.nn.Module, seq: SequenceFolder, batch_size: int = 256
+    model: torch.nn.Module, seq: SequenceFolder, batch_size: int = 256, mirror: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The model's predictions of every camera of ``seq`` triangulated into world poses.
+
+    ``mirror``: each view's prediction is the mean of the model's answers for the crop and for
+    the crop mirrored left-right (``mirrored_prediction``).
 
     Returns:
         (T, 17, 3) float64 world poses, mm; (T,) the views' disagreement: mean distance in
@@ -60,9 +64,10 @@ def triangulated_poses(
     cams, size, T = seq.cameras, seq.meta.crop_size, seq.meta.num_frames
     device = next(model.parameters()).device
     views = len(cams)
+    predict = mirrored_prediction if mirror else lambda m, x: m(x)["pose_cam"]
     with torch.no_grad():
         chunks = [
-            model(torch.from_numpy(_frames(seq, s, s + batch_size)).to(device))["pose_cam"].cpu()
+            predict(model, torch.from_numpy(_frames(seq, s, s + batch_size)).to(device)).cpu()
             for s in range(0, views * T, batch_size)
         ]
     # (T, V, 17, 3) root-relative camera frame, mm
@@ -80,6 +85,27 @@ def triangulated_poses(
     world[wild] = averaged[wild]
     residual[wild] = torch.inf
     return world.numpy(), residual.numpy(), wild.numpy()
+
+
+def mirrored_prediction(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 17, 3) mm: the mean of the model's root-relative poses for ``images`` (B, S, S, 3)
+    and for the same crops mirrored left-right, the latter mirrored back (camera x negated,
+    left and right joints swapped), as ``augment.flip`` mirrors training instants. A network
+    errs differently on a crop and on its mirror image; the mean of both labels the demo's
+    unlabelled people 9 mm better (docs/design.md, tenth round)."""
+    both = model(torch.cat([images, images.flip(2)]))["pose_cam"]
+    plain, mirrored = both[: len(images)], both[len(images) :]
+    return (plain + mirrored[:, list(FLIP_INDEX)] * mirrored.new_tensor([-1.0, 1.0, 1.0])) / 2
+
+
+def smoothed_along_time(poses: np.ndarray, fps: float, sigma_s: float) -> np.ndarray:
+    """(T, 17, 3) poses smoothed along time with a Gaussian of ``sigma_s`` seconds (edges
+    repeat the first and last frame); ``sigma_s`` 0 returns them as they are. A teacher's
+    per-frame labels jitter (60 mm per frame and joint on the demo's people, where the truth
+    moves 22); people move smoothly."""
+    if sigma_s <= 0:
+        return poses
+    return gaussian_filter1d(poses, sigma_s * fps, axis=0, mode="nearest")
 
 
 def _frames(seq: SequenceFolder, start: int, stop: int) -> np.ndarray:
@@ -109,10 +135,18 @@ def _reprojection_px(
 
 
 def write_pseudo_labels(
-    checkpoint: Path, data: Path, out: Path, subjects: list[str] | None = None
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    subjects: list[str] | None = None,
+    mirror: bool = True,
+    smooth_s: float = 0.16,
 ) -> dict[str, Any]:
     """Label every sequence of ``subjects`` (default: the teacher's training subjects) seen by
     two cameras or more. Finished sequences are kept, so an interrupted run continues.
+    ``mirror``: the teacher also sees each crop mirrored (``mirrored_prediction``);
+    ``smooth_s``: the labels are smoothed along time with a Gaussian of that many seconds
+    (``smoothed_along_time``; 0: not smoothed). The residuals are the unsmoothed views'.
 
     Returns the index written to ``out / pseudo_labels.json``.
     """
@@ -131,8 +165,16 @@ def write_pseudo_labels(
             f"{out}: holds pseudo-labels of another teacher ({index.get('teacher')}, or that "
             "file before it was trained again); choose an empty folder"
         )
+    settings = {"mirror": mirror, "smooth_s": smooth_s}
+    if index and any(index.get(key) != value for key, value in settings.items()):
+        raise InputError(
+            f"{out}: holds pseudo-labels written with other settings "
+            f"(mirror={index.get('mirror')}, smooth_s={index.get('smooth_s')}); choose an "
+            "empty folder"
+        )
     index = {
         **teacher,
+        **settings,
         "data": str(Path(data).resolve()),
         "method": "the teacher's views triangulated (cameras.triangulate_views)",
         "units": "world mm",
@@ -143,7 +185,8 @@ def write_pseudo_labels(
         name = seq.folder.name
         if len(seq.cameras) < 2 or name in index["sequences"]:
             continue
-        poses, residual, fallback = triangulated_poses(model, seq)
+        poses, residual, fallback = triangulated_poses(model, seq, mirror=mirror)
+        poses = smoothed_along_time(poses, seq.meta.fps, smooth_s)
         buffer = io.BytesIO()
         np.save(buffer, poses.astype(np.float32))
         atomic_write_bytes(out / f"{name}.npy", buffer.getvalue())

@@ -13,7 +13,13 @@ from metricpose.config import ConfigError, load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import DatasetError, open_dataset
 from metricpose.errors import InputError
-from metricpose.pseudo_labels import INDEX_FILE, triangulated_poses, write_pseudo_labels
+from metricpose.pseudo_labels import (
+    INDEX_FILE,
+    smoothed_along_time,
+    triangulated_poses,
+    write_pseudo_labels,
+)
+from metricpose.skeleton import FLIP_INDEX
 from metricpose.train import supervised_instants
 
 
@@ -28,7 +34,11 @@ class Oracle(torch.nn.Module):
             for v, cam in enumerate(seq.cameras):
                 frames = seq.frames(cam.name)
                 for t in range(seq.meta.num_frames):
-                    self.table[frames[t].tobytes()] = seq.poses_camera(t, (v,))[0]
+                    pose = seq.poses_camera(t, (v,))[0]
+                    self.table[frames[t].tobytes()] = pose
+                    # The crop mirrored left-right shows the mirrored pose.
+                    mirrored = pose[list(FLIP_INDEX)] * np.array([-1.0, 1.0, 1.0])
+                    self.table[frames[t][:, ::-1].tobytes()] = mirrored
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         poses = [self.table[image.numpy().tobytes()] for image in images]
@@ -79,8 +89,44 @@ def test_views_that_disagree_have_a_residual(tiny_studio, oracle):
                 out[:, 1:, 0] += 100.0
             return {"pose_cam": out}
 
-    _, residual, _ = triangulated_poses(OneViewOff(), seq)
+    _, residual, _ = triangulated_poses(OneViewOff(), seq, mirror=False)
     assert (residual > 0.5).all()
+
+
+def test_the_mirrored_crops_cancel_a_teacher_s_sideways_bias(tiny_studio, oracle):
+    """A teacher that places every joint 80 mm to the camera's right of the truth errs to the
+    other side on the mirrored crop; mirrored back and averaged, the two answers are the truth.
+    Without mirroring the bias stays."""
+    seq = next(s for s in open_dataset(tiny_studio) if s.meta.subject == "S5")
+
+    class Biased(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, images):
+            out = oracle(images)["pose_cam"]
+            out[:, 1:, 0] += 80.0
+            return {"pose_cam": out}
+
+    truth = seq.poses_3d - seq.poses_3d[:, :1]
+    error = {}
+    for mirror in (False, True):
+        world, _, _ = triangulated_poses(Biased(), seq, mirror=mirror)
+        error[mirror] = np.abs((world - world[:, :1]) - truth).max()
+    assert error[True] < 1e-3 and error[False] > 20.0
+
+
+def test_smoothing_along_time_keeps_steady_motion_and_removes_jitter():
+    fps, T = 12.5, 40
+    steady = np.linspace(0.0, 390.0, T)[:, None, None] * np.ones((T, 17, 3))  # 10 mm per frame
+    jitter = 30.0 * (-1.0) ** np.arange(T)[:, None, None] * np.ones((1, 17, 3))
+    smoothed = smoothed_along_time(steady + jitter, fps, sigma_s=0.16)  # 2 frames
+    inner = slice(8, -8)  # the edges repeat the first and last frame
+    assert np.abs(smoothed[inner] - steady[inner]).max() < 1.0
+    assert np.abs((steady + jitter)[inner] - steady[inner]).max() == 30.0
+    poses = steady + jitter
+    assert smoothed_along_time(poses, fps, 0.0) is poses
 
 
 def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
@@ -102,6 +148,7 @@ def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
     assert set(index["sequences"]) == expected  # S9 (a test subject) is left alone
     assert {p.stem for p in out.glob("*.npy")} == expected
     assert index["teacher"] == str(teacher.resolve())
+    assert index["mirror"] is True and index["smooth_s"] == 0.16
     assert "data.pseudo_labels=" in capsys.readouterr().out
     # A second call keeps the finished sequences; another teacher is refused.
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
@@ -111,6 +158,11 @@ def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
     other.write_bytes(b"other weights")
     with pytest.raises(InputError, match="another teacher"):
         write_pseudo_labels(other, tiny_studio, out)
+    capsys.readouterr()
+    assert main([*args, "--no-mirror"]) == 2
+    assert "written with other settings (mirror=True, smooth_s=0.16)" in capsys.readouterr().err
+    with pytest.raises(InputError, match="other settings"):
+        write_pseudo_labels(teacher, tiny_studio, out, smooth_s=0.0)
     teacher.write_bytes(b"the same file trained again")  # the demo retrained the teacher
     with pytest.raises(InputError, match="another teacher"):
         write_pseudo_labels(teacher, tiny_studio, out)
@@ -119,7 +171,7 @@ def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
 def _shifted_labels(data, folder, teacher, shift_mm=(500.0, 0.0, 0.0)):
     """Pseudo-labels that differ from the truth by a known world shift of every joint but the
     root, so that a pseudo-labelled pose is told apart from a true one."""
-    write_pseudo_labels(teacher, data, folder)
+    write_pseudo_labels(teacher, data, folder, smooth_s=0.0)
     shift = np.zeros((17, 3), dtype=np.float32)
     shift[1:] = shift_mm
     for path in folder.glob("*.npy"):
