@@ -91,8 +91,9 @@ PRESETS: dict[str, DemoPreset] = {
 
 
 #: Student variant -> the variant whose trained run pseudo-labels the data for it, with the
-#: same labels and seed: the calibrated run's triangulated views are better labels than the
-#: baseline's (docs/design.md, seventh round).
+#: same labels and seed, and whose weights it starts from: the calibrated run's triangulated
+#: views are better labels than the baseline's (docs/design.md, seventh round), and its
+#: network a better start than a random one (tenth round).
 TEACHERS = {"pseudo_labelled": "metric_calibrated"}
 
 
@@ -384,7 +385,10 @@ def run_demo(
             teacher = None
             if variant in TEACHERS:  # the teacher variant's run with the same labels and seed
                 teacher = out / "runs" / _run_name(TEACHERS[variant], labels, seed)
-                run_overrides.append(f"data.pseudo_labels={out / 'pseudo_labels' / teacher.name}")
+                run_overrides += [
+                    f"data.pseudo_labels={out / 'pseudo_labels' / teacher.name}",
+                    f"train.init_weights={teacher / 'model.pt'}",
+                ]
             run_dir = out / "runs" / _run_name(variant, labels, seed)
             runs.append(
                 DemoRun(

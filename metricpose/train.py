@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from metricpose.checkpoint import AtomicCheckpointIO, build_model, safe_load, save_model
+from metricpose.checkpoint import AtomicCheckpointIO, build_model, load_model, safe_load, save_model
 from metricpose.config import parse_labels
 from metricpose.data.dataset import FrameKey, MultiViewDataset
 from metricpose.data.sampler import MixedBatchSampler
@@ -582,7 +582,9 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
     if config["train"]["compile"]:
         # Compiles on the first step (minutes); the state_dict keeps the plain module's names.
         module.model.compile()
-    if start_step == 0:
+    if start_step == 0 and config["train"]["init_weights"]:
+        _start_from_weights(module.model, Path(config["train"]["init_weights"]))
+    elif start_step == 0:
         mean, std = _pose_statistics(dataset, supervised)
         module.model.pose_mean.copy_(mean)
         module.model.pose_std.copy_(std)
@@ -619,6 +621,20 @@ def _train(config: dict[str, Any], out: Path, resume: bool, progress: bool) -> d
     if lock is not None:
         lock.close()
     return summary
+
+
+def _start_from_weights(model: torch.nn.Module, path: Path) -> None:
+    """Copy a trained network's weights into ``model``, its pose statistics included (the
+    regressor's outputs are scaled by them); the optimiser and the schedule start afresh."""
+    source, _ = load_model(path)
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[:2]
+        raise InputError(
+            f"{path}: train.init_weights holds a network of another shape than model.* "
+            f"configures ({' '.join(first)})"
+        ) from None
 
 
 def _step_to_resume_from(out: Path, config: dict[str, Any], resume: bool) -> int:

@@ -30,6 +30,12 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
         (out / "runs" / "metric_calibrated__S1__seed0" / "model.pt").resolve()
     )
     assert {name.split("_")[0] for name in labels["sequences"]} == set(doc["train_subjects"])
+    student = yaml.safe_load(
+        (out / "runs" / "pseudo_labelled__S1__seed0" / "config.yaml").read_text()
+    )  # and it started from its teacher's weights
+    assert student["train"]["init_weights"] == str(
+        out / "runs" / "metric_calibrated__S1__seed0" / "model.pt"
+    )
     by_setting = {s: r["mpjpe"] for s, r in zip(settings, doc["runs"], strict=True)}
     assert doc["regime"]["ratio"] == pytest.approx(
         by_setting["baseline", "all"] / by_setting["baseline", "S1"]

@@ -562,3 +562,26 @@ def test_training_refuses_a_nearly_full_disk(tiny_studio, tmp_path, monkeypatch)
         train(
             config_for(tiny_studio, "baseline", "train.steps=2"), tmp_path / "run", progress=False
         )
+
+
+def test_training_can_start_from_another_run_s_weights(tiny_studio, tmp_path):
+    """train.init_weights: the network starts as the given model (weights and pose
+    statistics), so with a vanishing learning rate it ends where that model was; another
+    network shape is refused naming the file."""
+    first = tmp_path / "first" / "model.pt"
+    train(config_for(tiny_studio, "baseline", "train.steps=4", "train.val_every=4"),
+          first.parent, progress=False)  # fmt: skip
+    config = config_for(tiny_studio, "baseline", "train.steps=2", "train.val_every=2",
+                        "train.lr=1e-12", "data.labels=all", f"train.init_weights={first}")  # fmt: skip
+    train(config, tmp_path / "second", progress=False)
+    start, _ = load_model(first)
+    end, _ = load_model(tmp_path / "second" / "model.pt")
+    for (name, a), b in zip(start.state_dict().items(), end.state_dict().values(), strict=True):
+        if "running_" not in name and "num_batches" not in name:  # BatchNorm keeps counting
+            assert torch.allclose(a, b, atol=1e-6), name
+    wider = config_for(tiny_studio, "baseline", "train.steps=2", "model.regressor_width=32",
+                       f"train.init_weights={first}")  # fmt: skip
+    with pytest.raises(
+        InputError, match=f"{first}: train.init_weights holds a network of another shape"
+    ):
+        train(wider, tmp_path / "third", progress=False)
