@@ -4,15 +4,18 @@ A trained model predicts every camera of the unlabelled multi-view video; its pr
 triangulated across the calibrated cameras (each view placed at the root triangulated from the
 person boxes' centres and reduced to its image directions, ``cameras.triangulate_views``) and
 the result serves as 3D labels for a student. Unlike the online triangulation term, a fixed
-teacher cannot make its views agree by distorting the body. On the demo studio a student of
-metric_calibrated is 14% better than the S1 baseline (docs/design.md, seventh round).
+teacher cannot make its views agree by distorting the body. The teacher also sees each crop
+mirrored and the labels are smoothed along time, which makes them 14 mm better on the demo's
+people; a student of metric_calibrated that starts from its weights is 17.6% better than the
+S1 baseline there (docs/design.md, tenth round).
 
 Folder format (written by ``write_pseudo_labels``, read by ``apply_pseudo_labels``)::
 
-    LABELS/pseudo_labels.json   the teacher checkpoint and its SHA-256, the dataset, the
-                                method; per sequence folder name its frame count, the frames
-                                where the views' average stood in for a triangulation that
-                                flew off, and per frame the views' residual in px (null there)
+    LABELS/pseudo_labels.json   the teacher checkpoint and its SHA-256, the settings
+                                (mirror, smooth_s), the dataset, the method; per sequence
+                                folder name its frame count, the frames where the views'
+                                average stood in for a triangulation that flew off, and per
+                                frame the views' residual in px (null there; unsmoothed)
     LABELS/<sequence>.npy       (T, 17, 3) float32 world poses, mm, Human3.6M joint order
 
 True labels the protocol grants always win over pseudo-labels; test subjects are never touched
