@@ -41,7 +41,7 @@ from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
 from metricpose.errors import InputError
 from metricpose.fileio import atomic_write_bytes, atomic_write_text
-from metricpose.skeleton import BONES, FLIP_INDEX
+from metricpose.skeleton import BONES, mirror_pose
 
 INDEX_FILE = "pseudo_labels.json"
 #: A triangulated bone longer than this (mm) means the rays nearly missed each other and the
@@ -98,7 +98,7 @@ def mirrored_prediction(model: torch.nn.Module, images: torch.Tensor) -> torch.T
     unlabelled people 9 mm better (docs/design.md, tenth round)."""
     both = model(torch.cat([images, images.flip(2)]))["pose_cam"]
     plain, mirrored = both[: len(images)], both[len(images) :]
-    return (plain + mirrored[:, list(FLIP_INDEX)] * mirrored.new_tensor([-1.0, 1.0, 1.0])) / 2
+    return (plain + mirror_pose(mirrored)) / 2
 
 
 def smoothed_along_time(poses: np.ndarray, fps: float, sigma_s: float) -> np.ndarray:

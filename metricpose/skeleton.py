@@ -53,6 +53,13 @@ FLIP_INDEX: tuple[int, ...] = tuple(
     for j in range(NUM_JOINTS)
 )
 
+
+def mirror_pose(pose: torch.Tensor) -> torch.Tensor:
+    """(..., 17, 3) camera-frame poses as a left-right mirrored image shows them: x negated,
+    left and right joints swapped. Its own inverse."""
+    return pose[..., list(FLIP_INDEX), :] * pose.new_tensor([-1.0, 1.0, 1.0])
+
+
 #: The 14 joints MPI-INF-3DHP's official PCK/AUC score (head top, neck, shoulders, elbows,
 #: wrists, hips, knees, ankles), in our order: head, thorax, right shoulder/elbow/wrist, left
 #: shoulder/elbow/wrist, right hip/knee/ankle, left hip/knee/ankle.

@@ -41,7 +41,7 @@ from metricpose.losses import (
     triangulation_loss,
 )
 from metricpose.pseudo_labels import apply_pseudo_labels
-from metricpose.skeleton import FLIP_INDEX
+from metricpose.skeleton import mirror_pose
 
 
 class NonFiniteLossError(InputError):
@@ -314,9 +314,7 @@ def mirror_instants(batch: dict[str, torch.Tensor], flip: torch.Tensor) -> dict[
     out = dict(batch)
     f_img = flip[:, None, None, None, None]
     out["images"] = torch.where(f_img, batch["images"].flip(3), batch["images"])
-    mirrored = batch["pose_cam"][:, :, list(FLIP_INDEX)] * batch["pose_cam"].new_tensor(
-        [-1.0, 1.0, 1.0]
-    )
+    mirrored = mirror_pose(batch["pose_cam"])
     out["pose_cam"] = torch.where(flip[:, None, None, None], mirrored, batch["pose_cam"])
     return out
 

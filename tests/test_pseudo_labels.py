@@ -37,7 +37,7 @@ class Oracle(torch.nn.Module):
                     pose = seq.poses_camera(t, (v,))[0]
                     self.table[frames[t].tobytes()] = pose
                     # The crop mirrored left-right shows the mirrored pose.
-                    mirrored = pose[list(FLIP_INDEX)] * np.array([-1.0, 1.0, 1.0])
+                    mirrored = pose[list(FLIP_INDEX)] * np.array([-1.0, 1.0, 1.0])  # by hand
                     self.table[frames[t][:, ::-1].tobytes()] = mirrored
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
