@@ -33,7 +33,8 @@ def test_round_trip_of_the_studio(tiny_studio):
     seq = seqs[0]
     assert seq.labelled and seq.has_frames
     assert seq.frames("cam0").shape == (16, 64, 64, 3)
-    assert isinstance(seq.frames("cam0"), np.memmap)
+    # Memory-mapped, not read: a plain ndarray over the file's mapping.
+    assert isinstance(seq.frames("cam0").base, np.memmap)
     # Boxes contain the projected joints.
     for v, cam in enumerate(seq.cameras):
         uv = cam.project(seq.poses_3d.astype(np.float64))
