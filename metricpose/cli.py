@@ -287,7 +287,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from metricpose.evaluate import evaluate_checkpoint, format_table
 
     subjects = _csv_list(args.subjects)
-    scores = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), subjects, args.stride)
+    scores = evaluate_checkpoint(
+        Path(args.checkpoint), Path(args.data), subjects, args.stride, flip_test=args.flip_test
+    )
     print(format_table(scores))
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(scores, indent=1))
@@ -464,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--subjects", help="comma-separated subjects (default: the config's test subjects)"
     )
     p.add_argument("--stride", type=int, default=1, help="evaluate every N-th instant")
+    p.add_argument(
+        "--flip-test",
+        action="store_true",
+        help="each pose is the mean of the answers for the crop and its mirror image",
+    )
     p.add_argument("--out", help="also write the scores as JSON")
     p.set_defaults(func=_evaluate)
 

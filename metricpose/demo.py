@@ -203,6 +203,7 @@ def _score(
         model, test, frame_stride=preset.eval_stride, keep_images=run.keep_images
     )
     scores = score(pred)
+    flip_test = score(predict_dataset(model, test, frame_stride=preset.eval_stride, flip_test=True))
     retrieval = evaluate_retrieval(
         pred, preset.query_stride, seed=run.seed, references=run.references
     )
@@ -216,6 +217,7 @@ def _score(
     row = {
         "variant": run.variant, "labels": run.labels, "seed": run.seed,
         **{k: scores["overall"][k] for k in ("mpjpe", "n_mpjpe", "pa_mpjpe", "pck150", "auc")},
+        "flip_test_mpjpe": flip_test["overall"]["mpjpe"],
         "retrieval": retrieval["embedding"],
         "retrieval_cross_subject": cross["embedding"] if cross else None,
         "identity_probe_acc": probe["accuracy"],

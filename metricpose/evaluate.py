@@ -12,6 +12,7 @@ import torch
 from metricpose.data.dataset import FrameKey, MultiViewDataset
 from metricpose.errors import InputError
 from metricpose.metrics import all_metrics
+from metricpose.skeleton import mirror_pose
 
 
 @dataclass
@@ -38,6 +39,24 @@ class Predictions:
     images: np.ndarray | None = None  # (M, S, S, 3) uint8, kept for galleries
 
 
+def mirrored_prediction(
+    model: torch.nn.Module, images: torch.Tensor, plain: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, 17, 3) mm: the mean of the model's root-relative poses for ``images`` (B, S, S, 3)
+    and for the same crops mirrored left-right, the latter mirrored back (camera x negated,
+    left and right joints swapped), as ``augment.flip`` mirrors training instants. A network
+    errs differently on a crop and on its mirror image; the mean of both labels the demo's
+    unlabelled people 9 mm better (docs/design.md, tenth round) and is the usual flip test at
+    evaluation (mmpose's ``flip_test``, VideoPose3D's test-time augmentation).
+
+    ``plain``: the model's (B, 17, 3) answer for ``images`` where the caller already has it.
+    """
+    if plain is not None:
+        return (plain + mirror_pose(model(images.flip(2))["pose_cam"])) / 2
+    both = model(torch.cat([images, images.flip(2)]))["pose_cam"]
+    return (both[: len(images)] + mirror_pose(both[len(images) :])) / 2
+
+
 class NonFinitePredictionError(InputError):
     """The model's output is NaN or Inf for an input; the message names the frames file."""
 
@@ -50,8 +69,11 @@ def predict_dataset(
     batch_size: int = 128,
     keep_images: bool = False,
     device: str | torch.device = "cpu",
+    flip_test: bool = False,
 ) -> Predictions:
-    """Predict every camera of every ``frame_stride``-th instant."""
+    """Predict every camera of every ``frame_stride``-th instant; with ``flip_test`` each pose
+    is the mean of the answers for the crop and its mirror image (``mirrored_prediction``;
+    the embedding stays the crop's own)."""
     model = model.to(device).eval()
     keys = []
     for index in range(0, len(dataset), frame_stride):
@@ -65,7 +87,10 @@ def predict_dataset(
         samples = [dataset[FrameKey(i, (v,))] for i, v in chunk]
         images = torch.stack([s["images"][0] for s in samples])
         result = model(images.to(device))
-        finite = torch.isfinite(result["pose_cam"]).flatten(1).all(1).cpu()
+        pose = result["pose_cam"]
+        if flip_test:
+            pose = mirrored_prediction(model, images.to(device), plain=pose)
+        finite = torch.isfinite(pose).flatten(1).all(1).cpu()
         if not finite.all():
             i, v = chunk[int((~finite).nonzero()[0])]
             seq = dataset.sequences[dataset.seq_index[i]]
@@ -73,7 +98,7 @@ def predict_dataset(
                 f"the model predicts NaN or Inf for {seq.folder / 'frames' / seq.cameras[v].name}"
                 f".npy frame {int(dataset.frame_index[i])}: its weights overflow on this input"
             )
-        out["pose_pred"].append(result["pose_cam"].cpu().numpy())
+        out["pose_pred"].append(pose.cpu().numpy())
         out["embedding"].append(result["embedding"].cpu().numpy())
         out["pose_gt"].append(np.stack([s["pose_cam"][0].numpy() for s in samples]))
         out["pose_world"].append(np.stack([s["pose_world"].numpy() for s in samples]))
@@ -158,7 +183,11 @@ def format_table(scores: dict) -> str:
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, data: Path, subjects: list[str] | None, frame_stride: int = 1
+    checkpoint: Path,
+    data: Path,
+    subjects: list[str] | None,
+    frame_stride: int = 1,
+    flip_test: bool = False,
 ) -> dict:
     from metricpose.checkpoint import load_model
 
@@ -180,7 +209,7 @@ def evaluate_checkpoint(
     )
     try:
         return score(
-            predict_dataset(model, dataset, frame_stride=frame_stride),
+            predict_dataset(model, dataset, frame_stride=frame_stride, flip_test=flip_test),
             headline="overall" if mpi_test else "action_mean",
         )
     except NonFinitePredictionError as exc:

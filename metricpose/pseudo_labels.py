@@ -40,8 +40,9 @@ from metricpose.checkpoint import load_model
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
 from metricpose.errors import InputError
+from metricpose.evaluate import mirrored_prediction
 from metricpose.fileio import atomic_write_bytes, atomic_write_text
-from metricpose.skeleton import BONES, mirror_pose
+from metricpose.skeleton import BONES
 
 INDEX_FILE = "pseudo_labels.json"
 #: A triangulated bone longer than this (mm) means the rays nearly missed each other and the
@@ -88,17 +89,6 @@ def triangulated_poses(
     world[wild] = averaged[wild]
     residual[wild] = torch.inf
     return world.numpy(), residual.numpy(), wild.numpy()
-
-
-def mirrored_prediction(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, 17, 3) mm: the mean of the model's root-relative poses for ``images`` (B, S, S, 3)
-    and for the same crops mirrored left-right, the latter mirrored back (camera x negated,
-    left and right joints swapped), as ``augment.flip`` mirrors training instants. A network
-    errs differently on a crop and on its mirror image; the mean of both labels the demo's
-    unlabelled people 9 mm better (docs/design.md, tenth round)."""
-    both = model(torch.cat([images, images.flip(2)]))["pose_cam"]
-    plain, mirrored = both[: len(images)], both[len(images) :]
-    return (plain + mirror_pose(mirrored)) / 2
 
 
 def smoothed_along_time(poses: np.ndarray, fps: float, sigma_s: float) -> np.ndarray:

@@ -206,7 +206,7 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
         plot_gallery(gallery, out / "retrieval_gallery.png")
 
     keys = [("mpjpe", 1, "MPJPE"), ("n_mpjpe", 1, "N-MPJPE"), ("pa_mpjpe", 1, "PA-MPJPE"), ("gap_closed", 100, "gap closed %"),
-            ("pck150", 100, "PCK@150 %"), ("orientation_error_deg", 1, "body orient. err °"), ("body_frame_mpjpe", 1, "body-frame MPJPE"), ("fused_views_mpjpe", 1, "views fused MPJPE"), ("fused_views_body_frame_mpjpe", 1, "views fused body-frame"),
+            ("flip_test_mpjpe", 1, "MPJPE flip test"), ("pck150", 100, "PCK@150 %"), ("orientation_error_deg", 1, "body orient. err °"), ("body_frame_mpjpe", 1, "body-frame MPJPE"), ("fused_views_mpjpe", 1, "views fused MPJPE"), ("fused_views_body_frame_mpjpe", 1, "views fused body-frame"),
             ("retrieval.mean_pa_mpjpe@1", 1, "retr. PA@1"), ("retrieval.mean_pa_mpjpe@10", 1, "retr. PA@10"),
             ("retrieval.hit@1", 100, "Hit@1 %"), ("retrieval.hit@10", 100, "Hit@10 %"),
             ("retrieval.top1_same_subject", 100, "top-1 same subj. %"), ("retrieval_cross_subject.hit@10", 100, "x-subj Hit@10 %"),
@@ -222,7 +222,9 @@ def write_report(out: Path, doc: dict[str, Any], gallery: Predictions | None) ->
         f"`{CEILING}` is the ceiling: the baseline with every training subject's 3D labels; *gap closed* is "
         "(baseline − variant) / (baseline − ceiling), per seed. *body orient. err* is the median angle between the "
         "predicted and the true body frame (hips, spine), *body-frame MPJPE* the error left once the predicted body is "
-        "turned to the true orientation: camera-frame MPJPE needs both (`metrics.orientation_decomposition`).\n",
+        "turned to the true orientation: camera-frame MPJPE needs both (`metrics.orientation_decomposition`). "
+        "*MPJPE flip test* averages each crop's answer with its mirror image's (mmpose's `flip_test`); the "
+        "other columns score the crop alone.\n",
         "\n## Results\n\n",
         "| variant | labels | " + " | ".join(name for _, _, name in keys) + " |\n",
         "|---|---|" + "---|" * len(keys) + "\n",

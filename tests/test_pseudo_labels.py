@@ -13,6 +13,7 @@ from metricpose.config import ConfigError, load_config
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import DatasetError, open_dataset
 from metricpose.errors import InputError
+from metricpose.evaluate import predict_dataset
 from metricpose.pseudo_labels import (
     INDEX_FILE,
     smoothed_along_time,
@@ -42,7 +43,8 @@ class Oracle(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         poses = [self.table[image.numpy().tobytes()] for image in images]
-        return {"pose_cam": torch.tensor(np.stack(poses), dtype=torch.float32)}
+        pose = torch.tensor(np.stack(poses), dtype=torch.float32)
+        return {"pose_cam": pose, "embedding": pose.flatten(1)}
 
 
 @pytest.fixture(scope="module")
@@ -93,28 +95,41 @@ def test_views_that_disagree_have_a_residual(tiny_studio, oracle):
     assert (residual > 0.5).all()
 
 
+class SidewaysBiased(torch.nn.Module):
+    """The oracle, with every joint but the root 80 mm to the camera's right of the truth."""
+
+    def __init__(self, oracle):
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, images):
+        out = dict(self.oracle(images))
+        out["pose_cam"] = out["pose_cam"].clone()
+        out["pose_cam"][:, 1:, 0] += 80.0
+        return out
+
+
 def test_the_mirrored_crops_cancel_a_teacher_s_sideways_bias(tiny_studio, oracle):
-    """A teacher that places every joint 80 mm to the camera's right of the truth errs to the
-    other side on the mirrored crop; mirrored back and averaged, the two answers are the truth.
-    Without mirroring the bias stays."""
+    """The biased teacher errs to the other side on the mirrored crop; mirrored back and
+    averaged, the two answers are the truth. Without mirroring the bias stays."""
     seq = next(s for s in open_dataset(tiny_studio) if s.meta.subject == "S5")
-
-    class Biased(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.anchor = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, images):
-            out = oracle(images)["pose_cam"]
-            out[:, 1:, 0] += 80.0
-            return {"pose_cam": out}
-
     truth = seq.poses_3d - seq.poses_3d[:, :1]
     error = {}
     for mirror in (False, True):
-        world, _, _ = triangulated_poses(Biased(), seq, mirror=mirror)
+        world, _, _ = triangulated_poses(SidewaysBiased(oracle), seq, mirror=mirror)
         error[mirror] = np.abs((world - world[:, :1]) - truth).max()
     assert error[True] < 1e-3 and error[False] > 20.0
+
+
+def test_the_flip_test_at_evaluation_cancels_the_same_bias(tiny_studio, oracle):
+    """``predict_dataset(flip_test=True)`` averages each crop's answer with its mirror image's;
+    the embedding stays the plain crop's."""
+    test = MultiViewDataset(tiny_studio, subjects=["S9"], num_views=1)
+    plain = predict_dataset(SidewaysBiased(oracle), test, frame_stride=3)
+    flipped = predict_dataset(SidewaysBiased(oracle), test, frame_stride=3, flip_test=True)
+    assert np.abs(plain.pose_pred[:, 1:, 0] - plain.pose_gt[:, 1:, 0] - 80.0).max() < 1e-3
+    assert np.abs(flipped.pose_pred - flipped.pose_gt).max() < 1e-3
+    np.testing.assert_array_equal(flipped.embedding, plain.embedding)
 
 
 def test_smoothing_along_time_keeps_steady_motion_and_removes_jitter():
