@@ -61,8 +61,8 @@ class DemoPreset:
 # learns as much as a 512-wide one and frees time for 2800 steps (tenth round).
 _CPU_DEMO = [
     "model.width=0.25",
-    "train.steps=2800",
-    "train.val_every=700",
+    "train.steps=3500",
+    "train.val_every=875",
     "train.lr=0.003",
     "model.dropout=0.0",
     "model.regressor_width=256",
@@ -392,11 +392,10 @@ def run_demo(
                     f"train.init_weights={teacher / 'model.pt'}",
                 ]
             run_dir = out / "runs" / _run_name(variant, labels, seed)
-            runs.append(
-                DemoRun(
-                    variant, labels, seed, load_config(variant, run_overrides), run_dir, teacher
-                )
-            )
+            config = load_config(variant, run_overrides)
+            if teacher is not None:  # it starts from its teacher's weights: half the steps do
+                config["train"]["steps"] = max(1, config["train"]["steps"] // 2)
+            runs.append(DemoRun(variant, labels, seed, config, run_dir, teacher))
     runs[0].references = True
     gallery_run = next((run for run in runs if run.variant == "metric"), None)
     if gallery_run is not None:
