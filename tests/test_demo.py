@@ -32,7 +32,7 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
     assert {name.split("_")[0] for name in labels["sequences"]} == set(doc["train_subjects"])
     student = yaml.safe_load(
         (out / "runs" / "pseudo_labelled__S1__seed0" / "config.yaml").read_text()
-    )  # and it started from its teacher's weights
+    )  # and it started from its teacher's weights, for half the preset's 30 steps
     assert student["train"]["init_weights"] == str(
         out / "runs" / "metric_calibrated__S1__seed0" / "model.pt"
     )
@@ -47,8 +47,11 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
         assert run["retrieval"]["mean_pa_mpjpe@1"] > 0
         assert 0 <= run["identity_probe_acc"] <= 1 and run["train_seconds"] > 0
         assert 0 <= run["heading_probe_deg"] <= 180
+        # the flip test scores the same crops, each pose averaged with its mirror image's
+        assert run["flip_test_mpjpe"] > 0 and run["flip_test_mpjpe"] != run["mpjpe"]
         # the steps' images over their own span: above their average over the whole training
         config = yaml.safe_load((Path(run["run_dir"]) / "config.yaml").read_text())
+        assert config["train"]["steps"] == (15 if run["variant"] == "pseudo_labelled" else 30)
         images = config["train"]["steps"] * 2 * config["batch"]["size"]
         assert run["train_images_per_second"] >= images / run["train_seconds"]
     # The oracle retrieves the same instant from another camera: zero error, every query a hit.
