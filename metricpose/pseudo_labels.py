@@ -153,18 +153,13 @@ def write_pseudo_labels(
     index_path = out / INDEX_FILE
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     teacher = {"teacher": str(Path(checkpoint).resolve()), "teacher_sha256": _sha256(checkpoint)}
-    if index and any(index.get(key) != value for key, value in teacher.items()):
-        raise InputError(
-            f"{out}: holds pseudo-labels of another teacher ({index.get('teacher')}, or that "
-            "file before it was trained again); choose an empty folder"
-        )
     settings = {"mirror": mirror, "smooth_s": smooth_s}
-    if index and any(index.get(key) != value for key, value in settings.items()):
-        raise InputError(
-            f"{out}: holds pseudo-labels written with other settings "
-            f"(mirror={index.get('mirror')}, smooth_s={index.get('smooth_s')}); choose an "
-            "empty folder"
-        )
+    for expected, other in (
+        (teacher, f"of another teacher ({index.get('teacher')}, or that file before it was trained again)"),
+        (settings, f"written with other settings (mirror={index.get('mirror')}, smooth_s={index.get('smooth_s')})"),
+    ):  # fmt: skip
+        if index and any(index.get(key) != value for key, value in expected.items()):
+            raise InputError(f"{out}: holds pseudo-labels {other}; choose an empty folder")
     index = {
         **teacher,
         **settings,
