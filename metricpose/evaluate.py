@@ -51,10 +51,12 @@ def mirrored_prediction(
 
     ``plain``: the model's (B, 17, 3) answer for ``images`` where the caller already has it.
     """
-    if plain is not None:
-        return (plain + mirror_pose(model(images.flip(2))["pose_cam"])) / 2
-    both = model(torch.cat([images, images.flip(2)]))["pose_cam"]
-    return (both[: len(images)] + mirror_pose(both[len(images) :])) / 2
+    if plain is None:
+        both = model(torch.cat([images, images.flip(2)]))["pose_cam"]
+        plain, mirrored = both[: len(images)], both[len(images) :]
+    else:
+        mirrored = model(images.flip(2))["pose_cam"]
+    return (plain + mirror_pose(mirrored)) / 2
 
 
 class NonFinitePredictionError(InputError):
