@@ -173,7 +173,7 @@ def verdict(doc: dict[str, Any]) -> str:
         return "No ceiling run: cannot say whether labels are the bottleneck."
     lines = [
         f"Regime: labelling every training subject gives {reg['ceiling_mpjpe']:.1f} mm against "
-        f"{reg['baseline_mpjpe']:.1f} mm with {reg['labels']} labels (ratio {reg['ratio']:.2f}; "
+        f"{reg['baseline_mpjpe']:.1f} mm with {reg['labels']} labels (ratio {reg['ratio']:.3f}; "
         + (
             f"label-limited, target <= {LABEL_LIMITED_RATIO})."
             if reg["label_limited"]
