@@ -307,6 +307,7 @@ def _pseudo_label(args: argparse.Namespace) -> None:
         subjects,
         mirror=not args.no_mirror,
         smooth_s=args.smooth_s,
+        silhouettes=not args.no_silhouettes,
     )
     fallback = sum(len(s["fallback_frames"]) for s in index["sequences"].values())
     frames = sum(s["frames"] for s in index["sequences"].values())
@@ -476,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "pseudo-label",
-        help="3D pseudo-labels for unlabelled multi-view video: a model's views, triangulated",
+        help="3D pseudo-labels for unlabelled multi-view video: a model's views, triangulated "
+        "and fitted to the silhouettes",
     )
     p.add_argument("--checkpoint", required=True, help="the teacher: model.pt or a training .ckpt")
     p.add_argument("--data", required=True, help="dataset folder with calibrated cameras")
@@ -494,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.16,
         help="Gaussian smoothing of the labels along time, sigma in seconds (0: none; default 0.16)",
+    )
+    p.add_argument(
+        "--no-silhouettes",
+        action="store_true",
+        help="keep the triangulated labels (default: fit them to the person's silhouettes, "
+        "masks/<camera>.npy, where every camera of a person's sequences has them)",
     )
     p.set_defaults(func=_pseudo_label)
 

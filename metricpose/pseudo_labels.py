@@ -6,16 +6,18 @@ person boxes' centres and reduced to its image directions, ``cameras.triangulate
 the result serves as 3D labels for a student. Unlike the online triangulation term, a fixed
 teacher cannot make its views agree by distorting the body. The teacher also sees each crop
 mirrored and the labels are smoothed along time, which makes them 14 mm better on the demo's
-people; a student of metric_calibrated that starts from its weights is 17.6% better than the
-S1 baseline there (docs/design.md, tenth round).
+people (docs/design.md, tenth round). Where the dataset has the person's silhouettes, the labels
+are then fitted to them (``silhouettes.fit_to_silhouettes``): 23 mm better again, and a
+student 10 mm better (twelfth round).
 
 Folder format (written by ``write_pseudo_labels``, read by ``apply_pseudo_labels``)::
 
     LABELS/pseudo_labels.json   the teacher checkpoint and its SHA-256, the settings
-                                (mirror, smooth_s), the dataset, the method; per sequence
+                                (mirror, smooth_s, silhouettes), the dataset, the method; per sequence
                                 folder name its frame count, the frames where the views'
                                 average stood in for a triangulation that flew off, and per
-                                frame the views' residual in px (null there; unsmoothed)
+                                frame the views' residual in px (null there; unsmoothed),
+                                and whether the labels were fitted to silhouettes
     LABELS/<sequence>.npy       (T, 17, 3) float32 world poses, mm, Human3.6M joint order
 
 True labels the protocol grants always win over pseudo-labels; test subjects are never touched
@@ -42,6 +44,7 @@ from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
 from metricpose.errors import InputError
 from metricpose.evaluate import mirrored_prediction
 from metricpose.fileio import atomic_write_bytes, atomic_write_text
+from metricpose.silhouettes import fit_to_silhouettes
 from metricpose.skeleton import BONES
 
 INDEX_FILE = "pseudo_labels.json"
@@ -134,12 +137,16 @@ def write_pseudo_labels(
     subjects: list[str] | None = None,
     mirror: bool = True,
     smooth_s: float = 0.16,
+    silhouettes: bool = True,
 ) -> dict[str, Any]:
     """Label every sequence of ``subjects`` (default: the teacher's training subjects) seen by
     two cameras or more. Finished sequences are kept, so an interrupted run continues.
     ``mirror``: the teacher also sees each crop mirrored (``mirrored_prediction``);
     ``smooth_s``: the labels are smoothed along time with a Gaussian of that many seconds
     (``smoothed_along_time``; 0: not smoothed). The residuals are the unsmoothed views'.
+    ``silhouettes``: where every camera of a person's sequences has masks, the labels are
+    then fitted to them (``silhouettes.fit_to_silhouettes``), keeping the person's median bone
+    lengths.
 
     Returns the index written to ``out / pseudo_labels.json``.
     """
@@ -153,10 +160,10 @@ def write_pseudo_labels(
     index_path = out / INDEX_FILE
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     teacher = {"teacher": str(Path(checkpoint).resolve()), "teacher_sha256": _sha256(checkpoint)}
-    settings = {"mirror": mirror, "smooth_s": smooth_s}
+    settings = {"mirror": mirror, "smooth_s": smooth_s, "silhouettes": silhouettes}
     for expected, other in (
         (teacher, f"of another teacher ({index.get('teacher')}, or that file before it was trained again)"),
-        (settings, f"written with other settings (mirror={index.get('mirror')}, smooth_s={index.get('smooth_s')})"),
+        (settings, "written with other settings ({})".format(", ".join(f"{k}={index.get(k)}" for k in settings))),
     ):  # fmt: skip
         if index and any(index.get(key) != value for key, value in expected.items()):
             raise InputError(f"{out}: holds pseudo-labels {other}; choose an empty folder")
@@ -164,25 +171,35 @@ def write_pseudo_labels(
         **teacher,
         **settings,
         "data": str(Path(data).resolve()),
-        "method": "the teacher's views triangulated (cameras.triangulate_views)",
+        "method": "the teacher's views triangulated (cameras.triangulate_views), fitted to "
+        "the silhouettes where they exist (silhouettes.fit_to_silhouettes)",
         "units": "world mm",
         "sequences": index.get("sequences", {}),
     }
     saved = time.monotonic()
-    for seq in sequences:
-        name = seq.folder.name
-        if len(seq.cameras) < 2 or name in index["sequences"]:
-            continue
-        poses, residual, fallback = triangulated_poses(model, seq, mirror=mirror)
-        poses = smoothed_along_time(poses, seq.meta.fps, smooth_s)
-        buffer = io.BytesIO()
-        np.save(buffer, poses.astype(np.float32))
-        atomic_write_bytes(out / f"{name}.npy", buffer.getvalue())
-        index["sequences"][name] = {
-            "frames": int(seq.meta.num_frames),
-            "fallback_frames": np.flatnonzero(fallback).tolist(),
-            "residual_px": [round(float(r), 3) if np.isfinite(r) else None for r in residual],
-        }
+    pending = [s for s in sequences if len(s.cameras) >= 2 and s.name not in index["sequences"]]
+    for person in dict.fromkeys(s.meta.subject for s in pending):
+        # A person's sequences are labelled together: the silhouette fit keeps that person's
+        # bone lengths (the median over all of them).
+        mine = [s for s in pending if s.meta.subject == person]
+        labelled = [triangulated_poses(model, seq, mirror=mirror) for seq in mine]
+        poses = [
+            smoothed_along_time(p, seq.meta.fps, smooth_s)
+            for seq, (p, *_) in zip(mine, labelled, strict=True)
+        ]
+        fitted = silhouettes and all(seq.has_masks for seq in mine)
+        if fitted:
+            poses = _fitted_to_silhouettes(mine, poses)
+        for seq, pose, (_, residual, fallback) in zip(mine, poses, labelled, strict=True):
+            buffer = io.BytesIO()
+            np.save(buffer, pose.astype(np.float32))
+            atomic_write_bytes(out / f"{seq.name}.npy", buffer.getvalue())
+            index["sequences"][seq.name] = {
+                "frames": int(seq.meta.num_frames),
+                "fallback_frames": np.flatnonzero(fallback).tolist(),
+                "residual_px": [round(float(r), 3) if np.isfinite(r) else None for r in residual],
+                "fitted_to_silhouettes": fitted,
+            }
         # The index lists only written sequences; saving it every few seconds, not after each
         # of hundreds of sequences, costs an interrupted run at most those seconds of labelling.
         if time.monotonic() - saved > _SAVE_EVERY_S:
@@ -192,6 +209,47 @@ def write_pseudo_labels(
         raise InputError(f"{data}: no sequence of {subjects} has two cameras to triangulate")
     atomic_write_text(index_path, json.dumps(index, indent=1))
     return index
+
+
+def _fitted_to_silhouettes(
+    sequences: list[SequenceFolder], poses: list[np.ndarray]
+) -> list[np.ndarray]:
+    """One person's label poses (per sequence (T, 17, 3) world mm) fitted to the sequences'
+    silhouettes, keeping the person's median bone lengths. Sequences seen by the same number
+    of cameras with one lens model are fitted together; one whose cameras mix lens models
+    keeps its poses."""
+    start = np.concatenate(poses)
+    bones = np.stack([np.linalg.norm(start[:, a] - start[:, b], axis=-1) for a, b in BONES], 1)
+    person_bones = np.median(bones, 0)
+    rows = np.cumsum([0] + [len(p) for p in poses])
+    fitted = start.copy()
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, seq in enumerate(sequences):
+        models = {c.dist_model for c in seq.cameras}
+        if len(models) == 1:
+            groups.setdefault((len(seq.cameras), models.pop()), []).append(i)
+    for (_, dist_model), members in groups.items():
+        take = np.concatenate([np.arange(rows[i], rows[i + 1]) for i in members])
+        views = [_views(sequences[i]) for i in members]
+        masks, K, R, t, dist = (np.concatenate(parts) for parts in zip(*views, strict=True))
+        fitted[take] = fit_to_silhouettes(
+            start[take], masks, K, R, t, dist, dist_model, person_bones
+        )
+    return np.split(fitted, rows[1:-1])
+
+
+def _views(seq: SequenceFolder) -> tuple[np.ndarray, ...]:
+    """Per frame and camera of ``seq``: silhouettes (T, V, S, S), crop intrinsics (T, V, 3, 3),
+    R (T, V, 3, 3), t (T, V, 3) and distortion (T, V, 5)."""
+    T, size = seq.meta.num_frames, seq.meta.crop_size
+    cams = seq.cameras
+    masks = np.stack([seq.masks(c.name) for c in cams], 1)
+    K = np.stack([crop_intrinsics(c.K, seq.boxes[v], size) for v, c in enumerate(cams)], 1)
+    per_frame = lambda arrays: np.repeat(np.stack(arrays)[None], T, 0)  # noqa: E731
+    R = per_frame([c.R for c in cams])
+    t = per_frame([np.asarray(c.t, dtype=np.float64).reshape(3) for c in cams])
+    dist = per_frame([np.asarray(c.dist, dtype=np.float64) for c in cams])
+    return masks, K, R, t, dist
 
 
 def _sha256(path: Path) -> str:

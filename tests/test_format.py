@@ -31,8 +31,12 @@ def test_round_trip_of_the_studio(tiny_studio):
     seqs = open_dataset(tiny_studio)
     assert len(seqs) == 12
     seq = seqs[0]
-    assert seq.labelled and seq.has_frames
+    assert seq.labelled and seq.has_frames and seq.has_masks
     assert seq.frames("cam0").shape == (16, 64, 64, 3)
+    # The silhouettes: the person covers part of each crop, never all of it.
+    masks = np.stack([seq.masks(cam.name) for cam in seq.cameras])
+    assert masks.dtype == bool and masks.shape == (4, 16, 64, 64)
+    assert 0.05 < masks.mean(axis=(2, 3)).min() and masks.mean(axis=(2, 3)).max() < 0.6
     # Memory-mapped, not read: a plain ndarray over the file's mapping.
     assert isinstance(seq.frames("cam0").base, np.memmap)
     # Boxes contain the projected joints.
@@ -80,6 +84,17 @@ def corrupt_json(path, edit):
             "cam1.npy",
             "uint8",
         ),
+        (
+            lambda s: np.save(s / "masks" / "cam3.npy", np.zeros((16, 64, 65), bool)),
+            "masks/cam3.npy",
+            "expected shape",
+        ),
+        (
+            lambda s: np.save(s / "masks" / "cam0.npy", np.zeros((16, 64, 64), np.float32)),
+            "masks/cam0.npy",
+            "expected bool",
+        ),
+        (lambda s: (s / "masks" / "cam2.npy").unlink(), "masks/cam2.npy", "masks file missing"),
         (
             lambda s: np.save(
                 s / "poses_3d.npy",

@@ -2,6 +2,7 @@
 them (true labels win; only instants without granted truth are pseudo-labelled)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -132,6 +133,71 @@ def test_the_flip_test_at_evaluation_cancels_the_same_bias(tiny_studio, oracle):
     np.testing.assert_array_equal(flipped.embedding, plain.embedding)
 
 
+class LimbsToBody(torch.nn.Module):
+    """The oracle, with each elbow, wrist, knee and ankle bent about a third of the way towards
+    the thorax or the pelvis, bones kept at their length: the error every view of a teacher shares
+    (docs/design.md, eighth round)."""
+
+    CHAINS = (
+        (11, 12, 13, 8),
+        (14, 15, 16, 8),
+        (1, 2, 3, 0),
+        (4, 5, 6, 0),
+    )  # root, mid, end, centre
+
+    def __init__(self, oracle):
+        super().__init__()
+        self.oracle = oracle
+
+    def forward(self, images):
+        out = dict(self.oracle(images))
+        pose = out["pose_cam"].clone()
+        for root, mid, end, centre in self.CHAINS:
+            bent = pose + 0.35 * (pose[:, centre : centre + 1] - pose)
+            for parent, child in ((root, mid), (mid, end)):
+                length = torch.linalg.norm(pose[:, child] - pose[:, parent], dim=-1, keepdim=True)
+                direction = bent[:, child] - pose[:, parent]
+                direction = direction / torch.linalg.norm(direction, dim=-1, keepdim=True)
+                pose[:, child] = pose[:, parent] + length * direction
+        out["pose_cam"] = pose
+        return out
+
+
+def test_the_silhouettes_undo_much_of_an_error_all_views_share(
+    tiny_studio, oracle, teacher, monkeypatch, tmp_path
+):
+    """Triangulation keeps an error that every view makes; the silhouettes do not share it.
+    Sequences without masks keep their triangulated labels."""
+    config = {"data": {"train_subjects": ["S1", "S5"]}}
+    monkeypatch.setattr(pseudo_labels, "load_model", lambda path: (LimbsToBody(oracle), config))
+    error = {}
+    for fit in (False, True):
+        write_pseudo_labels(teacher, tiny_studio, tmp_path / str(fit), silhouettes=fit)
+        labels = [
+            np.load(tmp_path / str(fit) / f"{s.name}.npy")
+            for s in open_dataset(tiny_studio, ["S5"])
+        ]
+        truth = [s.poses_3d for s in open_dataset(tiny_studio, ["S5"])]
+        rel = lambda p: p - p[:, :1]  # noqa: E731
+        error[fit] = np.mean(
+            [
+                np.linalg.norm(rel(a) - rel(b), axis=-1).mean()
+                for a, b in zip(labels, truth, strict=True)
+            ]
+        )
+    assert error[False] > 50.0 and error[True] < 0.9 * error[False]  # 60 -> 50 mm
+    unmasked = tmp_path / "unmasked"
+    shutil.copytree(tiny_studio, unmasked)
+    for masks in unmasked.glob("*/masks"):
+        shutil.rmtree(masks)
+    index = write_pseudo_labels(teacher, unmasked, tmp_path / "unmasked_labels")
+    assert not any(entry["fitted_to_silhouettes"] for entry in index["sequences"].values())
+    for path in (tmp_path / "False").glob("*.npy"):
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "unmasked_labels" / path.name), np.load(path)
+        )
+
+
 def test_smoothing_along_time_keeps_steady_motion_and_removes_jitter():
     fps, T = 12.5, 40
     steady = np.linspace(0.0, 390.0, T)[:, None, None] * np.ones((T, 17, 3))  # 10 mm per frame
@@ -163,7 +229,7 @@ def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
     assert set(index["sequences"]) == expected  # S9 (a test subject) is left alone
     assert {p.stem for p in out.glob("*.npy")} == expected
     assert index["teacher"] == str(teacher.resolve())
-    assert index["mirror"] is True and index["smooth_s"] == 0.16
+    assert index["mirror"] is True and index["smooth_s"] == 0.16 and index["silhouettes"] is True
     assert "data.pseudo_labels=" in capsys.readouterr().out
     # A second call keeps the finished sequences; another teacher is refused.
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npy")}
@@ -175,7 +241,9 @@ def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
         write_pseudo_labels(other, tiny_studio, out)
     capsys.readouterr()
     assert main([*args, "--no-mirror"]) == 2
-    assert "written with other settings (mirror=True, smooth_s=0.16)" in capsys.readouterr().err
+    message = "written with other settings (mirror=True, smooth_s=0.16, silhouettes=True)"
+    assert message in capsys.readouterr().err
+    assert main([*args, "--no-silhouettes"]) == 2
     with pytest.raises(InputError, match="other settings"):
         write_pseudo_labels(teacher, tiny_studio, out, smooth_s=0.0)
     teacher.write_bytes(b"the same file trained again")  # the demo retrained the teacher
@@ -186,7 +254,7 @@ def test_the_cli_labels_the_teacher_s_training_subjects_and_resumes(
 def _shifted_labels(data, folder, teacher, shift_mm=(500.0, 0.0, 0.0)):
     """Pseudo-labels that differ from the truth by a known world shift of every joint but the
     root, so that a pseudo-labelled pose is told apart from a true one."""
-    write_pseudo_labels(teacher, data, folder, smooth_s=0.0)
+    write_pseudo_labels(teacher, data, folder, smooth_s=0.0, silhouettes=False)
     shift = np.zeros((17, 3), dtype=np.float32)
     shift[1:] = shift_mm
     for path in folder.glob("*.npy"):

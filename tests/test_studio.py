@@ -90,8 +90,8 @@ def test_rendering_is_deterministic_and_shows_the_person():
     take = generate_take(subject, "waving", 6, 12.5, np.random.default_rng(1))
     cam = default_rig()[1]
     backdrop = CameraBackdrop(Studio.random(np.random.default_rng(2)), cam)
-    a, boxes = render_take(subject, backdrop, cam, take["joints"], take["rotations"], 64, seed=5)
-    b, _ = render_take(subject, backdrop, cam, take["joints"], take["rotations"], 64, seed=5)
+    a, boxes, _ = render_take(subject, backdrop, cam, take["joints"], take["rotations"], 64, seed=5)
+    b, _, _ = render_take(subject, backdrop, cam, take["joints"], take["rotations"], 64, seed=5)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (6, 64, 64, 3) and a.dtype == np.uint8
     # The person is at the centre of the crop: the centre differs from an empty studio there.
@@ -122,13 +122,14 @@ def test_takes_rendered_together_equal_takes_rendered_alone(backdrop):
         32, batch=24,
     )  # fmt: skip
     for i, take in enumerate(takes):
-        alone, boxes = render_take(
+        alone, boxes, silhouettes = render_take(
             subject, shown, cam, take["joints"], take["rotations"], 32, seed=10 + i
         )
         np.testing.assert_array_equal(together[i][0], alone)
         np.testing.assert_array_equal(together[i][1], boxes)
+        np.testing.assert_array_equal(together[i][2], silhouettes)
     # The streams matter: another seed gives other crops.
-    other, _ = render_take(
+    other, _, _ = render_take(
         subject, shown, cam, takes[0]["joints"], takes[0]["rotations"], 32, seed=99
     )
     assert not np.array_equal(other, together[0][0])
@@ -145,7 +146,7 @@ def test_random_backdrop_differs_per_crop_and_hides_the_camera():
     for backdrop in ("studio", "random"):
         for v, cam in enumerate(default_rig()[:2]):
             shown = CameraBackdrop(studio, cam) if backdrop == "studio" else None
-            crops, _ = render_take(
+            crops, _, _ = render_take(
                 subject, shown, cam, take["joints"], take["rotations"], 32, seed=v
             )
             views[backdrop, v] = crops[:, :4, :4].reshape(6, -1).astype(float)
@@ -163,7 +164,7 @@ def test_random_backdrop_differs_per_crop_and_hides_the_camera():
     )
     assert studio_within < 10 < studio_across
     assert random_within > 20 and random_across > 20
-    again, _ = render_take(
+    again, _, _ = render_take(
         subject, None, default_rig()[0], take["joints"], take["rotations"], 32, seed=0
     )
     np.testing.assert_array_equal(again[:, :4, :4].reshape(6, -1), views["random", 0])

@@ -86,8 +86,11 @@ def write_sequence(
     boxes: np.ndarray,
     frames: dict[str, np.ndarray] | None,
     poses_3d: np.ndarray | None,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write one sequence atomically (temporary folder, then rename). Returns its folder."""
+    """Write one sequence atomically (temporary folder, then rename). Returns its folder.
+
+    ``masks``: per camera name, (T, S, S) bool person silhouettes in the crops (optional)."""
     root = Path(root)
     _check_name(name, "sequence name", root)
     final = root / name
@@ -106,6 +109,10 @@ def write_sequence(
         for cam_name, crops in (frames or {}).items():
             writing = tmp / "frames" / f"{cam_name}.npy"
             np.save(writing, np.ascontiguousarray(crops, dtype=np.uint8))
+        for cam_name, silhouettes in (masks or {}).items():
+            writing = tmp / "masks" / f"{cam_name}.npy"
+            writing.parent.mkdir(exist_ok=True)
+            np.save(writing, np.ascontiguousarray(silhouettes, dtype=bool))
         # Declared, so that a frames file lost later is an error rather than a sequence left out.
         declared = {**meta.to_dict(), "frames": bool(frames)}
         writing = tmp / "meta.json"
@@ -192,7 +199,7 @@ def _refuse_links_out(folder: Path) -> None:
     if folder.resolve().parent != root:
         raise DatasetError(f"{folder}: a link to {folder.resolve()}, outside the dataset {root}")
     inside = folder.resolve()
-    for path in [*folder.glob("*"), *folder.glob("frames/*")]:
+    for path in [*folder.glob("*"), *folder.glob("frames/*"), *folder.glob("masks/*")]:
         if path.is_symlink() and not path.resolve().is_relative_to(inside):
             raise DatasetError(f"{path}: a link to {path.resolve()}, outside its sequence folder")
 
@@ -266,6 +273,17 @@ class SequenceFolder:
         if check_frames and self.has_frames:
             for n in names:
                 self.frames(n)
+        with_masks = [(self.folder / "masks" / f"{n}.npy").is_file() for n in names]
+        if any(with_masks) and not all(with_masks):
+            missing = names[with_masks.index(False)]
+            raise DatasetError(
+                f"{self.folder / 'masks' / (missing + '.npy')}: masks file missing (the "
+                f"sequence has masks for cameras {[n for n, ok in zip(names, with_masks, strict=True) if ok]})"
+            )
+        self.has_masks = all(with_masks)
+        if check_frames and self.has_masks:
+            for n in names:
+                self.masks(n, mmap=True)
 
     @property
     def name(self) -> str:
@@ -304,6 +322,22 @@ class SequenceFolder:
             # crop, a tenth of a small training step.
             self._frames[camera_name] = arr.view(np.ndarray)
         return self._frames[camera_name]
+
+    def masks(self, camera_name: str, mmap: bool = False) -> np.ndarray:
+        """(T, S, S) bool person silhouettes of one camera's crops (``has_masks``: every camera
+        has them); ``mmap``: only checked and memory-mapped, as stored."""
+        path = self.folder / "masks" / f"{camera_name}.npy"
+        if not path.is_file():
+            raise DatasetError(f"{path}: masks file missing")
+        arr = load_array(path, mmap=mmap)
+        S, T = self.meta.crop_size, self.meta.num_frames
+        if arr.shape != (T, S, S):
+            raise DatasetError(
+                f"{path}: expected shape {(T, S, S)} (frames, size, size), got {arr.shape}"
+            )
+        if arr.dtype != np.bool_ and arr.dtype != np.uint8:
+            raise DatasetError(f"{path}: expected bool (or 0/1 uint8) masks, got {arr.dtype}")
+        return arr if mmap else arr.astype(bool)
 
 
 def _parse_missing_joints(raw: Any, path: Path) -> list[str]:

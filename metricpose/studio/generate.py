@@ -163,7 +163,7 @@ def _write_takes(
         )
         for (action, take), action_id in zip(takes, action_ids, strict=True)
     ]
-    views = []  # per camera, per take: crops, boxes
+    views = []  # per camera, per take: crops, boxes, silhouettes
     for v, cam in enumerate(rig):
         streams = [
             int(np.random.default_rng([seed, 4, number, action_id, take, v]).integers(2**31))
@@ -193,6 +193,7 @@ def _write_takes(
             extra={"take": take, "source": "studio"},
         )
         frames = {cam.name: views[v][i][0] for v, cam in enumerate(rig)}
+        masks = {cam.name: views[v][i][2] for v, cam in enumerate(rig)}
         boxes = np.stack([views[v][i][1] for v in range(len(rig))])
         name = f"{subject_name}_{action}_{take}"
-        write_sequence(out, name, meta, rig, boxes, frames, motion["joints"])
+        write_sequence(out, name, meta, rig, boxes, frames, motion["joints"], masks)

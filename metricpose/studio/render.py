@@ -175,7 +175,7 @@ def render_body(
     camera: Camera,
     size: int,
     background: torch.Tensor,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw the subject over a background.
 
     Args:
@@ -185,7 +185,8 @@ def render_body(
         background: (N, S, S, 3) float RGB, contiguous; drawn over in place.
 
     Returns:
-        ``background`` with the subject drawn, float RGB 0-255.
+        ``background`` with the subject drawn, float RGB 0-255; (N, S, S) bool, the pixels the
+        subject covers (its silhouette).
     """
     extra = _derived_points(joints_cam, rotations_cam)
 
@@ -280,7 +281,9 @@ def render_body(
     colour = torch.where(eyes[..., None], torch.full_like(colour, 25.0), colour)
 
     background.view(-1, 3)[pixel] = (colour * shade[..., None]).clamp(0, 255)
-    return background
+    silhouette = torch.zeros(n_frames * size * size, dtype=torch.bool)
+    silhouette[pixel] = True
+    return background, silhouette.view(n_frames, size, size)
 
 
 #: The studio's person box: the projected joints' extent times this. The converters' and
@@ -342,11 +345,11 @@ def render_take(
     rotations_world: np.ndarray,
     size: int,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one camera's view of a take (:func:`render_takes` for one take).
 
     Returns:
-        crops (T, S, S, 3) uint8 and boxes (T, 4) float px.
+        crops (T, S, S, 3) uint8, boxes (T, 4) float px and silhouettes (T, S, S) bool.
     """
     return render_takes(subject, backdrop, camera, [(joints_world, rotations_world, seed)], size)[0]
 
@@ -359,7 +362,7 @@ def render_takes(
     size: int,
     chunk: int = 32,
     batch: int = 256,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Render one camera's view of several takes of one person, in front of the studio as
     ``backdrop`` shows it, or with ``backdrop`` None in front of a random background per crop
     (:func:`random_backgrounds`).
@@ -375,7 +378,9 @@ def render_takes(
             the world frame; the seed of its random streams.
 
     Returns:
-        per take, crops (T, S, S, 3) uint8 and boxes (T, 4) float px.
+        per take, crops (T, S, S, 3) uint8, boxes (T, 4) float px and the person's silhouettes
+        (T, S, S) bool (the masks that background subtraction or a chroma key give on real
+        captures).
     """
     joints_world = np.concatenate([joints for joints, _, _ in takes])
     rotations_world = np.concatenate([rotations for _, rotations, _ in takes])
@@ -400,11 +405,13 @@ def render_takes(
     joints_cam = camera.world_to_camera(joints_world)
     rotations_cam = camera.R @ rotations_world
     crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    silhouettes = np.empty((len(boxes), size, size), dtype=bool)
     for s in range(0, len(boxes), batch):
         sl = slice(s, s + batch)
-        img = render_body(
+        img, silhouettes[sl] = render_body(
             joints_cam[sl], rotations_cam[sl], subject, K_crop[sl], camera, size, background[sl]
         )
         crops[sl] = img.add_(noise[sl]).round_().clamp_(0, 255).to(torch.uint8).numpy()
     ends = np.cumsum([len(joints) for joints, _, _ in takes])[:-1]
-    return list(zip(np.split(crops, ends), np.split(boxes, ends), strict=True))
+    split = (np.split(a, ends) for a in (crops, boxes, silhouettes))
+    return list(zip(*split, strict=True))
