@@ -7,7 +7,7 @@ share it: an arm held out is an arm held out in every camera's mask. ``fit_to_si
 moves the joints until a generic capsule body around the skeleton covers each view's
 silhouette and stays inside it, close to the starting pose and keeping the person's bone
 lengths. On the demo's unlabelled people it makes the teacher's labels 23 mm better (133.0 →
-109.5 mm; ankles 190 → 106, wrists 310 → 253; docs/design.md, twelfth round).
+109.8 mm; ankles 190 → 107, wrists 310 → 254; docs/design.md, twelfth round).
 
 Silhouettes come from background subtraction or a chroma key on real captures (Human3.6M and
 MPI-INF-3DHP ship them) and from the studio's renderer; the dataset format stores them as
@@ -43,9 +43,9 @@ class SilhouetteFit:
 
     iterations, step_mm: Adam's steps and learning rate (mm per step at most, roughly).
     pixels: silhouette pixels per view drawn afresh at each step for the coverage term.
-    prior_mm: a joint this far from its starting position costs as much as the silhouette
-        terms' typical error of 1 px.
-    bone_tolerance_mm: a bone this much longer or shorter than the person's costs as much.
+    prior_mm: every joint this far from its starting position costs as much as a mean
+        silhouette mismatch of 1 px² (the coverage and containment terms' unit).
+    bone_tolerance_mm: every bone this much longer or shorter than the person's costs as much.
     chunk: instants fitted together (memory: chunk × views × pixels × 16 bones floats).
     """
 
