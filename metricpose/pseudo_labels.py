@@ -13,11 +13,12 @@ student 10 mm better (twelfth round).
 Folder format (written by ``write_pseudo_labels``, read by ``apply_pseudo_labels``)::
 
     LABELS/pseudo_labels.json   the teacher checkpoint and its SHA-256, the settings
-                                (mirror, smooth_s, silhouettes), the dataset, the method; per sequence
-                                folder name its frame count, the frames where the views'
-                                average stood in for a triangulation that flew off, and per
-                                frame the views' residual in px (null there; unsmoothed),
-                                and whether the labels were fitted to silhouettes
+                                (mirror, smooth_s, silhouettes), the dataset, the method;
+                                per sequence folder name its frame count, the frames where
+                                the views' average stood in for a triangulation that flew
+                                off, per frame the views' residual in px (null there;
+                                unsmoothed), and whether the labels were fitted to
+                                silhouettes
     LABELS/<sequence>.npy       (T, 17, 3) float32 world poses, mm, Human3.6M joint order
 
 True labels the protocol grants always win over pseudo-labels; test subjects are never touched
@@ -44,7 +45,7 @@ from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
 from metricpose.errors import InputError
 from metricpose.evaluate import mirrored_prediction
 from metricpose.fileio import atomic_write_bytes, atomic_write_text
-from metricpose.silhouettes import fit_to_silhouettes
+from metricpose.silhouettes import fit_to_silhouettes, sequence_views
 from metricpose.skeleton import BONES
 
 INDEX_FILE = "pseudo_labels.json"
@@ -230,26 +231,12 @@ def _fitted_to_silhouettes(
             groups.setdefault((len(seq.cameras), models.pop()), []).append(i)
     for (_, dist_model), members in groups.items():
         take = np.concatenate([np.arange(rows[i], rows[i + 1]) for i in members])
-        views = [_views(sequences[i]) for i in members]
+        views = [sequence_views(sequences[i]) for i in members]
         masks, K, R, t, dist = (np.concatenate(parts) for parts in zip(*views, strict=True))
         fitted[take] = fit_to_silhouettes(
             start[take], masks, K, R, t, dist, dist_model, person_bones
         )
     return np.split(fitted, rows[1:-1])
-
-
-def _views(seq: SequenceFolder) -> tuple[np.ndarray, ...]:
-    """Per frame and camera of ``seq``: silhouettes (T, V, S, S), crop intrinsics (T, V, 3, 3),
-    R (T, V, 3, 3), t (T, V, 3) and distortion (T, V, 5)."""
-    T, size = seq.meta.num_frames, seq.meta.crop_size
-    cams = seq.cameras
-    masks = np.stack([seq.masks(c.name) for c in cams], 1)
-    K = np.stack([crop_intrinsics(c.K, seq.boxes[v], size) for v, c in enumerate(cams)], 1)
-    per_frame = lambda arrays: np.repeat(np.stack(arrays)[None], T, 0)  # noqa: E731
-    R = per_frame([c.R for c in cams])
-    t = per_frame([np.asarray(c.t, dtype=np.float64).reshape(3) for c in cams])
-    dist = per_frame([np.asarray(c.dist, dtype=np.float64) for c in cams])
-    return masks, K, R, t, dist
 
 
 def _sha256(path: Path) -> str:

@@ -4,23 +4,11 @@ studio's rendered masks."""
 import numpy as np
 import pytest
 
-from metricpose.cameras import crop_intrinsics
 from metricpose.data.format import open_dataset
-from metricpose.silhouettes import SilhouetteFit, fit_to_silhouettes
+from metricpose.silhouettes import SilhouetteFit, fit_to_silhouettes, sequence_views
 from metricpose.skeleton import BONES, JOINT_NAMES
 
 LIMBS = [JOINT_NAMES.index(j) for j in ("left_elbow", "left_wrist", "right_elbow", "right_wrist", "left_knee", "left_ankle", "right_knee", "right_ankle")]  # fmt: skip
-
-
-def _views(seq):
-    """(T, V, ...) masks, crop intrinsics, R, t, distortion of a sequence, as the fit takes."""
-    T, cams = seq.meta.num_frames, seq.cameras
-    masks = np.stack([seq.masks(c.name) for c in cams], 1)
-    K = np.stack([crop_intrinsics(c.K, seq.boxes[v], seq.meta.crop_size) for v, c in enumerate(cams)], 1)  # fmt: skip
-    per_frame = lambda arrays: np.repeat(np.stack(arrays)[None], T, 0)  # noqa: E731
-    R = per_frame([c.R for c in cams])
-    t = per_frame([np.asarray(c.t, dtype=float).reshape(3) for c in cams])
-    return masks, K, R, t, per_frame([c.dist for c in cams]), cams[0].dist_model
 
 
 def _error(poses, truth, joints=slice(None)):
@@ -39,7 +27,7 @@ def test_limbs_pulled_to_the_body_go_back_to_the_silhouettes(sequences):
     is mostly undone by the silhouettes of four views; joints that were right stay close."""
     truth = np.concatenate([s.poses_3d.astype(float) for s in sequences])
     views = [
-        np.concatenate(parts) for parts in zip(*[_views(s)[:5] for s in sequences], strict=True)
+        np.concatenate(parts) for parts in zip(*[sequence_views(s) for s in sequences], strict=True)
     ]
     bones = np.median([np.linalg.norm(truth[:, a] - truth[:, b], axis=-1) for a, b in BONES], 1)
     start = truth.copy()
@@ -55,7 +43,8 @@ def test_limbs_pulled_to_the_body_go_back_to_the_silhouettes(sequences):
 
 def test_the_fit_is_reproducible_and_checks_its_shapes(sequences):
     seq = sequences[0]
-    masks, K, R, t, dist, model = _views(seq)
+    masks, K, R, t, dist = sequence_views(seq)
+    model = seq.cameras[0].dist_model
     poses = seq.poses_3d.astype(float) + 30.0
     bones = np.full(len(BONES), 250.0)
     settings = SilhouetteFit(iterations=5)
