@@ -258,32 +258,29 @@ class SequenceFolder:
             self.poses_3d = _check_poses(load_array(poses_path), T, self.missing_joints, poses_path)
 
         self._frames: dict[str, np.ndarray] = {}
-        present = [(self.folder / "frames" / f"{n}.npy").is_file() for n in names]
         declared = self.meta.extra.get("frames")  # written since format 1 by write_sequence
         if declared is not None and not isinstance(declared, bool):
             raise DatasetError(f"{meta_path}: 'frames' must be true or false, got {declared!r}")
-        if declared or (declared is None and any(present)):
-            missing = [n for n, ok in zip(names, present, strict=True) if not ok]
-            if missing:
-                raise DatasetError(
-                    f"{self.folder / 'frames' / (missing[0] + '.npy')}: frames file missing "
-                    f"(the sequence declares crops for cameras {names})"
-                )
-        self.has_frames = all(present)
+        self.has_frames = self._every_camera_has("frames", names, required=declared)
         if check_frames and self.has_frames:
             for n in names:
                 self.frames(n)
-        with_masks = [(self.folder / "masks" / f"{n}.npy").is_file() for n in names]
-        if any(with_masks) and not all(with_masks):
-            missing = names[with_masks.index(False)]
-            raise DatasetError(
-                f"{self.folder / 'masks' / (missing + '.npy')}: masks file missing (the "
-                f"sequence has masks for cameras {[n for n, ok in zip(names, with_masks, strict=True) if ok]})"
-            )
-        self.has_masks = all(with_masks)
+        self.has_masks = self._every_camera_has("masks", names, required=None)
         if check_frames and self.has_masks:
             for n in names:
                 self.masks(n, mmap=True)
+
+    def _every_camera_has(self, kind: str, names: list[str], required: bool | None) -> bool:
+        """Whether every camera has ``kind/<camera>.npy``. A missing one is an error naming it
+        when ``required``, or, with ``required`` None, when other cameras have theirs (a
+        file lost later is an error rather than a sequence quietly read without them)."""
+        present = [(self.folder / kind / f"{n}.npy").is_file() for n in names]
+        if (required or (required is None and any(present))) and not all(present):
+            missing = self.folder / kind / f"{names[present.index(False)]}.npy"
+            raise DatasetError(
+                f"{missing}: {kind} file missing (the sequence expects {kind} for cameras {names})"
+            )
+        return all(present)
 
     @property
     def name(self) -> str:
