@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from metricpose.cameras import crop_intrinsics, triangulate_views
+from metricpose.cameras import triangulate_views
 from metricpose.checkpoint import load_model
 from metricpose.data.dataset import MultiViewDataset
 from metricpose.data.format import DatasetError, SequenceFolder, open_dataset
@@ -80,11 +80,7 @@ def triangulated_poses(
         ]
     # (T, V, 17, 3) root-relative camera frame, mm
     pose = torch.cat(chunks).double().reshape(views, T, -1, 3).transpose(0, 1)
-    K = torch.tensor(
-        np.stack([crop_intrinsics(c.K, seq.boxes[v], size) for v, c in enumerate(cams)])
-    ).transpose(0, 1)  # (T, V, 3, 3)
-    R = torch.tensor(np.stack([c.R for c in cams]))[None].expand(T, -1, -1, -1)
-    t = torch.tensor(np.stack([np.asarray(c.t).reshape(3) for c in cams]))[None].expand(T, -1, -1)
+    K, R, t = (torch.from_numpy(a) for a in seq.crop_cameras()[:3])  # (T, V, ...)
     world = triangulate_views(pose, K, R, t, size)  # (T, 17, 3)
     residual = _reprojection_px(world, pose, K, R, t)
     averaged = (pose @ R).mean(1) + world[:, :1]  # rows: (Rᵀ x)ᵀ = xᵀ R; the boxes' root

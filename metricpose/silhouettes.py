@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from metricpose.cameras import crop_intrinsics, project_points
+from metricpose.cameras import project_points
 from metricpose.data.format import SequenceFolder
 from metricpose.skeleton import BONES, JOINT_NAMES
 
@@ -128,15 +128,8 @@ def sequence_views(seq: SequenceFolder) -> tuple[np.ndarray, ...]:
     """``fit_to_silhouettes``' view arguments for every frame of ``seq``: silhouettes
     (T, V, S, S), crop intrinsics (T, V, 3, 3), R (T, V, 3, 3), t (T, V, 3) and distortion
     (T, V, 5)."""
-    T, size = seq.meta.num_frames, seq.meta.crop_size
-    cams = seq.cameras
-    masks = np.stack([seq.masks(c.name) for c in cams], 1)
-    K = np.stack([crop_intrinsics(c.K, seq.boxes[v], size) for v, c in enumerate(cams)], 1)
-    per_frame = lambda arrays: np.repeat(np.stack(arrays)[None], T, 0)  # noqa: E731
-    R = per_frame([c.R for c in cams])
-    t = per_frame([np.asarray(c.t, dtype=np.float64).reshape(3) for c in cams])
-    dist = per_frame([np.asarray(c.dist, dtype=np.float64) for c in cams])
-    return masks, K, R, t, dist
+    masks = np.stack([seq.masks(c.name) for c in seq.cameras], 1)
+    return (masks, *seq.crop_cameras())
 
 
 class _Silhouettes:

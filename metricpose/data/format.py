@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from metricpose.cameras import Camera
+from metricpose.cameras import Camera, crop_intrinsics
 from metricpose.errors import InputError
 from metricpose.skeleton import BONES, JOINT_NAMES, NUM_JOINTS, root_relative
 
@@ -296,6 +296,17 @@ class SequenceFolder:
         stay as they are): pseudo-labels (metricpose.pseudo_labels)."""
         self.poses_3d = poses_3d
         self.missing_joints = []
+
+    def crop_cameras(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every frame's cameras as its crops see them: intrinsics (T, V, 3, 3)
+        (``cameras.crop_intrinsics``), R (T, V, 3, 3), t (T, V, 3) mm and distortion (T, V, 5)."""
+        T, cams = self.meta.num_frames, self.cameras
+        K = np.stack([crop_intrinsics(c.K, self.boxes[v], self.meta.crop_size) for v, c in enumerate(cams)], 1)  # fmt: skip
+        per_frame = lambda arrays: np.repeat(np.stack(arrays)[None], T, 0)  # noqa: E731
+        R = per_frame([c.R for c in cams])
+        t = per_frame([np.asarray(c.t, dtype=np.float64).reshape(3) for c in cams])
+        dist = per_frame([np.asarray(c.dist, dtype=np.float64) for c in cams])
+        return K, R, t, dist
 
     def poses_camera(self, frame: int, views: tuple[int, ...] | None = None) -> np.ndarray:
         """(V, 17, 3) root-relative pose of one frame in the chosen cameras' frames, mm."""
