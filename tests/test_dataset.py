@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from metricpose.cameras import project_points
+from metricpose.cameras import crop_intrinsics, project_points
 from metricpose.data.dataset import FrameKey, MultiViewDataset
 
 
@@ -54,15 +54,40 @@ def test_workers_give_the_same_batches(tiny_studio):
             assert torch.equal(a[key], b[key])
 
 
-def test_a_batch_is_its_samples_collated(tiny_studio):
-    """dataset.batch converts once per field what default_collate stacks sample by sample:
-    the same names, dtypes, shapes and values, plain indices and chosen views alike."""
+def test_a_batch_is_built_from_its_sequences(tiny_studio):
+    """dataset.batch builds a whole batch at once; each row is what the sequence folder says of
+    that instant and those cameras (crops, crop intrinsics, camera-frame pose, ids), plain
+    indices and chosen views alike, and a sample alone is the same row."""
     ds = MultiViewDataset(tiny_studio, subjects=["S1", "S9"])
-    for keys in ([FrameKey(i, (i % 4, (i + 3) % 4)) for i in (0, 7, 70, 100)], [3, 90]):
-        expected = torch.utils.data.default_collate([ds[k] for k in keys])
+    ds.sequences[-1].poses_3d = None  # one unlabelled sequence: its labels must read as zeros
+    last = len(ds) - 1
+    for keys in ([FrameKey(i, (i % 4, (i + 3) % 4)) for i in (0, 7, 70, last)], [3, last]):
         got = ds.batch(keys)
-        assert got.keys() == expected.keys()
-        for name, value in expected.items():
-            assert got[name].dtype == value.dtype, name
-            assert torch.equal(got[name], value), name
-    assert got["labelled"].shape == (2,) and got["K"].dtype == torch.float32
+        assert got["images"].dtype == torch.uint8 and got["K"].dtype == torch.float32
+        for row, key in enumerate(keys):
+            index, views = (key.index, key.views) if isinstance(key, FrameKey) else (key, (0, 1))
+            seq = ds.sequences[ds.seq_index[index]]
+            t = int(ds.frame_index[index])
+            cams = [seq.cameras[v] for v in views]
+            expected = {
+                "images": np.stack([seq.frames(c.name)[t] for c in cams]),
+                "K": np.stack(
+                    [
+                        crop_intrinsics(c.K, seq.boxes[v, t], 64)
+                        for v, c in zip(views, cams, strict=True)
+                    ]
+                ),
+                "R": np.stack([c.R for c in cams]),
+                "pose_cam": seq.poses_camera(t, views) if seq.labelled else np.zeros((2, 17, 3)),
+                "labelled": seq.labelled,
+                "frame": t,
+                "views": views,
+            }
+            for name, value in expected.items():
+                np.testing.assert_allclose(
+                    got[name][row].numpy(), value, rtol=1e-6, atol=1e-3, err_msg=name
+                )
+            alone = ds[key]
+            for name in got:
+                assert torch.equal(alone[name], got[name][row]), name
+    assert got["labelled"].tolist() == [True, False]
