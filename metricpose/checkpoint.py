@@ -147,7 +147,7 @@ def load_model(path: Path | str, map_location: str = "cpu"):
 
 #: Options added after the first release, with the value that reproduces how models saved
 #: without them were built (today's default may differ).
-OLDER_MODELS = {"model": {"regressor_input": "embedding", "norm_eval": False}}
+OLDER_MODELS = {"model": {"regressor_input": "embedding", "norm_eval": False, "pool_grid": 1}}
 
 
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
@@ -182,5 +182,5 @@ def build_model(config: dict[str, Any], pretrained: bool = True):
         backbone=m["backbone"], width=m["width"], embedding_dim=m["embedding_dim"],
         regressor_width=m["regressor_width"], regressor_blocks=m["regressor_blocks"],
         dropout=m["dropout"], weights_path=m["weights"] if pretrained else None, norm_eval=m["norm_eval"],
-        regressor_input=m["regressor_input"],
+        regressor_input=m["regressor_input"], pool_grid=m["pool_grid"],
     )  # fmt: skip

@@ -194,6 +194,7 @@ def validate(config: dict[str, Any]) -> None:
     for key in (
         "model.width",
         "model.embedding_dim",
+        "model.pool_grid",
         "batch.size",
         "train.steps",
         "train.lr",

@@ -260,9 +260,11 @@ def test_model_files_from_before_an_option_existed_load_as_they_were_built(tmp_p
     config = load_config("metric", ["model.regressor_input=embedding", "model.regressor_width=32"])
     net = build_model(config, pretrained=False)
     del config["model"]["regressor_input"], config["model"]["norm_eval"]
+    del config["model"]["pool_grid"]
     save_model(tmp_path / "old.pt", net.state_dict(), config, ["S1"], step=0, crop_size=CROP)
     loaded, loaded_config = load_model(tmp_path / "old.pt")
     assert loaded_config["model"]["regressor_input"] == "embedding"
+    assert loaded_config["model"]["pool_grid"] == 1
     assert loaded_config["model"]["regressor_width"] == 32
 
 
@@ -298,3 +300,22 @@ def test_the_regressor_reads_the_backbone_features_only_when_asked(regressor_inp
     pose = net.eval()(images)["pose_cam"]
     varies = not torch.allclose(pose[0], pose[1:], atol=1e-6)
     assert varies == (regressor_input == "embedding+features")
+
+
+@pytest.mark.parametrize("grid", [1, 2])
+def test_the_backbone_pools_its_last_feature_map_to_a_grid(grid):
+    # model.pool_grid: the last map averaged over each cell of a grid x grid partition of the
+    # crop, flattened; 1 is torchvision's global average pooling.
+    from metricpose.models.backbone import ResNetBackbone
+
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet18", 0.25, pool_grid=grid).eval()
+    x = torch.randn(2, 3, 96, 96)
+    stem = torch.nn.Sequential(*list(backbone.children())[:-2])  # conv1 ... layer4
+    last = stem(x)  # (2, 128, 3, 3)
+    cells = [slice(0, 2), slice(1, 3)] if grid == 2 else [slice(0, 3)]  # adaptive pooling's cells
+    expected = torch.stack(
+        [last[:, :, r, c].mean((2, 3)) for r in cells for c in cells], -1
+    ).flatten(1)
+    assert backbone.out_features == 128 * grid**2
+    torch.testing.assert_close(backbone(x), expected)

@@ -20,12 +20,18 @@ _LAYOUTS = {
 class ResNetBackbone(ResNet):
     """A torchvision ResNet without its classifier; ``width`` scales every layer's channels.
 
-    Input (B, 3, H, W) normalised images; output (B, C) globally pooled features, C =
-    ``out_features``. At width 1 it is exactly torchvision's network, so ImageNet weights load.
+    Input (B, 3, H, W) normalised images; output (B, C) features, C = ``out_features``: the last
+    feature map average-pooled to a ``pool_grid`` × ``pool_grid`` grid and flattened (1:
+    torchvision's global pooling). At width 1 it is exactly torchvision's network, so ImageNet
+    weights load.
     """
 
     def __init__(
-        self, name: str = "resnet18", width: float = 1.0, weights_path: str | Path | None = None
+        self,
+        name: str = "resnet18",
+        width: float = 1.0,
+        weights_path: str | Path | None = None,
+        pool_grid: int = 1,
     ) -> None:
         if name not in _LAYOUTS:
             raise InputError(f"unknown backbone {name!r}; choose from {', '.join(_LAYOUTS)}")
@@ -49,7 +55,10 @@ class ResNetBackbone(ResNet):
                 elif isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
-        self.out_features = planes[3] * block.expansion
+        # A grid keeps where in the crop each feature fired (which side a limb is on), which
+        # global pooling averages away (docs/design.md, thirteenth round).
+        self.avgpool = nn.AdaptiveAvgPool2d(pool_grid)
+        self.out_features = planes[3] * block.expansion * pool_grid**2
         self.fc = nn.Identity()
         if weights_path is not None:
             self._load_imagenet(Path(weights_path))

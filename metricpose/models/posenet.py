@@ -68,6 +68,7 @@ class PoseNet(nn.Module):
         weights_path: str | None = None,
         norm_eval: bool = False,
         regressor_input: str = "embedding",
+        pool_grid: int = 1,
     ) -> None:
         super().__init__()
         self.norm_eval = norm_eval
@@ -76,7 +77,7 @@ class PoseNet(nn.Module):
                 f"regressor_input must be one of {CHOICES['model.regressor_input']}, got {regressor_input!r}"
             )
         self.regressor_input = regressor_input
-        self.backbone = ResNetBackbone(backbone, width, weights_path)
+        self.backbone = ResNetBackbone(backbone, width, weights_path, pool_grid)
         feat = self.backbone.out_features
         self.embed = nn.Linear(feat, embedding_dim)
         # "embedding+features": the regressor also reads the pooled backbone features, which
@@ -110,7 +111,7 @@ class PoseNet(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, S, S, 3) 0-255 RGB -> dict with ``embedding`` (B, D) unit-norm,
         ``pose_cam`` (B, 17, 3) root-relative camera-frame mm and ``features`` (B, C), the
-        pooled backbone features."""
+        pooled backbone features (ResNetBackbone)."""
         features = self.backbone(self.normalise_images(images))
         embedding = nn.functional.normalize(self.embed(features), dim=-1)
         inputs = (
