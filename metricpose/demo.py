@@ -76,7 +76,7 @@ PRESETS: dict[str, DemoPreset] = {
         ["train.steps=30", "train.val_every=15", "batch.size=12", "train.val_frames=16", "model.regressor_width=128"],
         query_stride=2,
     ),
-    # The README's main job: 13-22 minutes on 2 CPU cores (target 20). The paper's metric loss,
+    # The README's main job: 14-23 minutes on 2 CPU cores (target 20). The paper's metric loss,
     # the calibrated extension and its pseudo-label student; the identity adversary (no effect
     # over three seeds, docs/results.md) is left to `seeds`, which tells effects from noise.
     "default": DemoPreset("default", ["S1"], [0], _CPU_DEMO, ("baseline", "metric", "metric_calibrated", "pseudo_labelled"), eval_stride=2, query_stride=4, probe_stride=8),
