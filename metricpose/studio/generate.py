@@ -20,8 +20,8 @@ from metricpose.studio.rig import default_rig, load_rig, random_rig
 #: Human3.6M's subject names first; then the studio's extra people, 48 training people in
 #: all. One person's labels and many unlabelled people is the setting under test, and only with
 #: many people does labelling them all (the ceiling) beat labelling one by much: 48 instead of
-#: 24 lowered the ceiling by 5-6% on two studios at the demo's 3500 steps (docs/design.md, the
-#: testbed, thirteenth round).
+#: 24 lowered the ceiling by 4.5-6% on three studios and 2.5% on a fourth at the demo's 3500
+#: steps (docs/design.md, thirteenth round).
 TRAIN_SUBJECTS = ["S1", "S5", "S6", "S7", "S8", "S2", "S3", "S4", "S10"] + [
     f"S{i}" for i in range(12, 51)
 ]
