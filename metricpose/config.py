@@ -20,7 +20,6 @@ PRESETS = (
     "metric_calibrated",
     "triangulated",
     "pseudo_labelled",
-    "relabelled",
 )
 #: Settings for one dataset's experiment, applied after a preset (``--recipe``).
 RECIPES = ("h36m_paper",)
