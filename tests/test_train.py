@@ -585,3 +585,16 @@ def test_training_can_start_from_another_run_s_weights(tiny_studio, tmp_path):
         InputError, match=f"{first}: train.init_weights holds a network of another shape"
     ):
         train(wider, tmp_path / "third", progress=False)
+
+
+def test_mixed_precision_trains_with_gradient_clipping(tiny_studio, tmp_path):
+    # Lightning refuses to clip the gradients of a fused optimiser under mixed precision (it
+    # unscales them itself): the GPU's default 16-mixed and bf16-mixed must still train.
+    config = config_for(
+        tiny_studio, "metric", "train.steps=3", "train.val_every=3", "train.precision=bf16-mixed"
+    )
+    assert config["train"]["grad_clip"] > 0
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["steps"] == 3
+    model, _ = load_model(tmp_path / "run" / "model.pt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
