@@ -11,6 +11,7 @@ import time
 import torch
 
 from metricpose.models.posenet import PoseNet
+from metricpose.train import cpu_has_fast_bf16
 
 
 def _step_rate(
@@ -74,7 +75,7 @@ def side_by_side_ratio() -> tuple[float, float]:
 def cpu_mode_figures() -> dict[str, float]:
     """Throughputs for the bench table, all measured in this one call."""
     fp32 = _step_rate()
-    bf16 = _step_rate(bf16=True, steps=2)  # can be 10x slower without AMX: fewer steps
+    bf16 = _step_rate(bf16=True, steps=2)  # can be 10x slower without bf16 hardware: fewer steps
     plain = _step_rate(channels_last=False)
     compile_timing: dict[str, float] = {}
     compiled = _step_rate(compiled=True, timings=compile_timing)
@@ -89,13 +90,5 @@ def cpu_mode_figures() -> dict[str, float]:
         "compile_warm_up_s": compile_timing["warm_up_s"],
         "two_runs_one_thread": parallel,
         "one_run_two_threads": single,
-        "amx": float(_has_cpu_flag("amx_bf16")),
+        "bf16_hardware": float(cpu_has_fast_bf16()),  # what train.precision=auto decides by
     }
-
-
-def _has_cpu_flag(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and flag in line.split() for line in f)
-    except OSError:
-        return False

@@ -87,7 +87,7 @@ def main() -> None:
     modes = cpu_mode_figures()
     figures += [
         figure("training step fp32 (default network, batch 64, 64 px)", modes["fp32"], "images/s"),
-        figure(f"training step bf16 autocast (CPU has AMX-BF16: {'yes' if modes['amx'] else 'no'})",
+        figure(f"training step bf16 autocast (CPU computes bf16: {'yes' if modes['bf16_hardware'] else 'no'})",
                modes["bf16"], "images/s"),
         figure("bf16 autocast / fp32", modes["bf16"] / modes["fp32"], "ratio"),
         figure("channels_last / contiguous input", modes["fp32"] / modes["contiguous"], "ratio"),

@@ -229,6 +229,7 @@ def _score(
         **_fused_views_scores(pred),
         "train_seconds": summary["train_seconds"],
         "train_images_per_second": summary.get("images_per_second"),  # None: trained before it was measured
+        "train_precision": summary.get("precision"),  # None: trained before it was recorded
         "per_action_mpjpe": {a: m["mpjpe"] for a, m in scores["per_action"].items()},
         "test_crops": scores["count"],
         "run_dir": str(run.run_dir),

@@ -24,6 +24,7 @@ from metricpose.train import (
     NonFiniteLossError,
     StepClock,
     StopOnSignal,
+    _trainer_options,
     check_resumed_config,
     hold_out_sequences,
     labelled_instants,
@@ -455,8 +456,9 @@ def test_two_ddp_processes_train_like_one_with_the_global_batch(tiny_studio, tmp
     """torchrun with 2 gloo processes × 8 instants against 1 process × 16: same instants,
     augmentation and negatives, so the same weights. Dropout is off (its masks are drawn per
     process) and BatchNorm keeps running statistics (CPU has no SyncBatchNorm; on GPUs
-    Lightning's sync_batchnorm normalises over the global batch instead)."""
-    common = [f"data.root={tiny_studio}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]",
+    Lightning's sync_batchnorm normalises over the global batch instead). Both in fp32: bf16's
+    rounding (train.precision=auto on CPUs that compute it) is larger than the order of the sums."""
+    common = [f"data.root={tiny_studio}", "data.train_subjects=[S1,S5]", "data.test_subjects=[S9]", "train.precision=32-true",
               "train.val_frames=8", "model.regressor_width=64", "model.width=0.25", "model.dropout=0.0",
               "model.norm_eval=true", "train.steps=4", "train.val_every=4", "train.accelerator=cpu",
               # a labelled share that splits evenly: 4 per process, 8 of 16 in one process
@@ -598,3 +600,14 @@ def test_mixed_precision_trains_with_gradient_clipping(tiny_studio, tmp_path):
     assert summary["steps"] == 3
     model, _ = load_model(tmp_path / "run" / "model.pt")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("bf16_hardware", [True, False])
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_it(monkeypatch, bf16_hardware):
+    monkeypatch.setattr("metricpose.train.cpu_has_fast_bf16", lambda: bf16_hardware)
+    cpu = load_config("baseline", ["train.accelerator=cpu"])
+    assert _trainer_options(cpu)["precision"] == ("bf16-mixed" if bf16_hardware else "32-true")
+    gpu = load_config("baseline", ["train.accelerator=gpu"])
+    assert _trainer_options(gpu)["precision"] == "16-mixed"
+    chosen = load_config("baseline", ["train.accelerator=cpu", "train.precision=32-true"])
+    assert _trainer_options(chosen)["precision"] == "32-true"
