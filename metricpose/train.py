@@ -489,9 +489,9 @@ class PoseModule(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.config["train"]
-        # The fused kernel halves the optimiser's share of a CPU step (bench/README.md); under
-        # mixed precision Lightning unscales the gradients before clipping them, which a fused
-        # optimiser would do itself, so there it refuses the fused one.
+        # The fused kernel halves the optimiser's share of a CPU step (bench/README.md). Under
+        # mixed precision Lightning refuses to clip a fused optimiser's gradients (such an
+        # optimiser unscales them itself), so the fused kernel serves full precision only.
         full_precision = str(self.trainer.precision).startswith("32")
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"], fused=full_precision
