@@ -79,7 +79,7 @@ def main() -> None:
     ]  # fmt: skip
     demo = demo_training_rate()
     figures += [
-        figure(f"demo's baseline training, whole `metricpose train`, {demo['crop']} px, 1 thread",
+        figure(f"demo's baseline training, whole `metricpose train`, {demo['crop']} px, 1 thread, {demo['precision']}",
                demo["demo"], "images/s"),
         figure(f"bare backbone fwd+bwd+AdamW, {demo['crop']} px, same batch, 1 thread", demo["bare"], "images/s"),
         figure("demo's training / bare backbone", demo["demo"] / demo["bare"], "ratio", 0.85),

@@ -492,7 +492,7 @@ class PoseModule(L.LightningModule):
         # The fused kernel halves the optimiser's share of a CPU step (bench/README.md). Under
         # mixed precision Lightning refuses to clip a fused optimiser's gradients (such an
         # optimiser unscales them itself), so the fused kernel serves full precision only.
-        full_precision = str(self.trainer.precision).startswith("32")
+        full_precision = _trainer_options(self.config)["precision"].startswith("32")
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=t["lr"], weight_decay=t["weight_decay"], fused=full_precision
         )
