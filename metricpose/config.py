@@ -199,6 +199,7 @@ def validate(config: dict[str, Any]) -> None:
         "train.steps",
         "train.lr",
         "train.val_every",
+        "train.log_every",
         "data.frame_stride",
     ):
         _positive(config, key)

@@ -22,6 +22,7 @@ from metricpose.errors import InputError, TrainingInterrupted
 from metricpose.evaluate import predict_dataset, score
 from metricpose.train import (
     NonFiniteLossError,
+    PoseModule,
     StepClock,
     StopOnSignal,
     _trainer_options,
@@ -590,8 +591,8 @@ def test_training_can_start_from_another_run_s_weights(tiny_studio, tmp_path):
 
 
 def test_mixed_precision_trains_with_gradient_clipping(tiny_studio, tmp_path):
-    # Lightning refuses to clip the gradients of a fused optimiser under mixed precision (it
-    # unscales them itself): the GPU's default 16-mixed and bf16-mixed must still train.
+    # Lightning refuses to clip the gradients of a fused optimiser under any mixed precision:
+    # bf16-mixed (fused, clipped by the module) and the GPU's 16-mixed must still train.
     config = config_for(
         tiny_studio, "metric", "train.steps=3", "train.val_every=3", "train.precision=bf16-mixed"
     )
@@ -600,6 +601,45 @@ def test_mixed_precision_trains_with_gradient_clipping(tiny_studio, tmp_path):
     assert summary["steps"] == 3
     model, _ = load_model(tmp_path / "run" / "model.pt")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("precision", "fused"), [("32-true", True), ("bf16-mixed", True), ("16-mixed", False)]
+)
+def test_the_optimiser_is_fused_unless_fp16_scales_the_loss_and_clipping_bounds_the_norm(
+    precision, fused
+):
+    config = load_config(
+        "baseline", [*TINY, "train.accelerator=cpu", f"train.precision={precision}"]
+    )
+    module = PoseModule(config, num_subjects=2)
+    optimiser = module.configure_optimizers()["optimizer"]
+    assert optimiser.defaults["fused"] is fused
+    for i, p in enumerate(module.parameters()):
+        p.grad = torch.full_like(p, float(i + 1))
+    module.configure_gradient_clipping(optimiser, gradient_clip_val=2.5)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()]))
+    assert norm == pytest.approx(2.5, rel=1e-4)
+
+
+def test_training_values_are_logged_on_the_steps_the_loggers_write(tiny_studio, tmp_path):
+    # Logged only every train.log_every steps (logging costs ~4% of a step): those steps'
+    # own values, as a run logging every step records them.
+    logged = {}
+    for every in (1, 3):
+        config = config_for(
+            tiny_studio, "metric", "train.steps=6", "train.val_every=6", f"train.log_every={every}"
+        )
+        train(config, tmp_path / f"every{every}", progress=False)
+        rows = csv.DictReader((tmp_path / f"every{every}" / "logs" / "metrics.csv").open())
+        logged[every] = {
+            (int(r["step"]), key): float(r[key])
+            for r in rows
+            for key in ("train/loss", "train/pose", "train/metric")
+            if r.get(key)
+        }
+    assert sorted({step for step, _ in logged[3]}) == [2, 5]
+    assert logged[3] == {k: v for k, v in logged[1].items() if k[0] in (2, 5)}
 
 
 @pytest.mark.parametrize("bf16_hardware", [True, False])
