@@ -414,7 +414,8 @@ class PoseModule(L.LightningModule):
         self, values: dict[str, torch.Tensor], batch_size: int, prog_bar: bool = False
     ) -> None:
         """Log a step's values on the steps whose values the loggers write (every
-        train.log_every): Lightning's logging costs ~2 ms a call, ~4% of a demo step."""
+        train.log_every): Lightning's logging costs ~1 ms a call, two to four calls a step,
+        ~4% of a demo step (docs/design.md, fifteenth round)."""
         if (self.global_step + 1) % self.config["train"]["log_every"] == 0:
             self.log_dict(values, on_step=True, prog_bar=prog_bar, batch_size=batch_size)
 
