@@ -324,7 +324,7 @@ def _retrieval(args: argparse.Namespace) -> None:
 
     from metricpose.checkpoint import load_model
     from metricpose.data.dataset import MultiViewDataset
-    from metricpose.evaluate import predict_dataset
+    from metricpose.evaluate import default_test_subjects, predict_dataset
     from metricpose.retrieval import (
         evaluate_retrieval,
         protocol,
@@ -338,7 +338,7 @@ def _retrieval(args: argparse.Namespace) -> None:
     if args.keys_in and len(args.keys_in) > 1 and not prvipe:
         raise InputError("--keys-in takes one file (several only with --protocol pr-vipe)")
     model, config = load_model(Path(args.checkpoint))
-    subjects = _csv_list(args.subjects) or config["data"]["test_subjects"]
+    subjects = _csv_list(args.subjects) or default_test_subjects(Path(args.data), config)
     dataset = MultiViewDataset(Path(args.data), subjects=subjects, num_views=1)
     pred = predict_dataset(model, dataset)
     if prvipe:
@@ -464,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model.pt or a training .ckpt")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument(
-        "--subjects", help="comma-separated subjects (default: the config's test subjects)"
+        "--subjects",
+        help="comma-separated subjects (default: a studio's test people, else the config's test subjects)",
     )
     p.add_argument("--stride", type=int, default=1, help="evaluate every N-th instant")
     p.add_argument(
@@ -509,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument(
-        "--subjects", help="comma-separated subjects (default: the config's test subjects)"
+        "--subjects",
+        help="comma-separated subjects (default: a studio's test people, else the config's test subjects)",
     )
     p.add_argument("--query-stride", type=int, default=1, help="use every N-th frame as a query")
     p.add_argument(

@@ -13,6 +13,7 @@ from metricpose.data.dataset import FrameKey, MultiViewDataset
 from metricpose.errors import InputError
 from metricpose.metrics import all_metrics
 from metricpose.skeleton import mirror_pose
+from metricpose.studio.generate import studio_test_subjects
 
 
 @dataclass
@@ -184,6 +185,12 @@ def format_table(scores: dict) -> str:
     return "".join(lines)
 
 
+def default_test_subjects(data: Path, config: dict) -> list[str]:
+    """The people to score when none are named: a studio's own test people (its studio.json),
+    else the config's ``data.test_subjects`` (Human3.6M's S9, S11)."""
+    return studio_test_subjects(data) or list(config["data"]["test_subjects"])
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     data: Path,
@@ -194,7 +201,7 @@ def evaluate_checkpoint(
     from metricpose.checkpoint import load_model
 
     model, config = load_model(checkpoint)
-    subjects = subjects or config["data"]["test_subjects"]
+    subjects = subjects or default_test_subjects(data, config)
     dataset = MultiViewDataset(data, subjects=subjects, num_views=1)
     unofficial = [s.name for s in dataset.sequences if s.meta.extra.get("poses") == "annot3"]
     if unofficial:

@@ -171,6 +171,13 @@ def verdict(doc: dict[str, Any]) -> str:
     reg = doc["regime"]
     if reg.get("ratio") is None:
         return "No ceiling run: cannot say whether labels are the bottleneck."
+    per_person = reg.get("ratio_per_test_person") or {}
+    spread = (
+        f" Per test person the ratio runs {min(per_person.values()):.2f}-"
+        f"{max(per_person.values()):.2f} over {len(per_person)} people: who is tested matters."
+        if len(per_person) > 1
+        else ""
+    )
     lines = [
         f"Regime: labelling every training subject gives {reg['ceiling_mpjpe']:.1f} mm against "
         f"{reg['baseline_mpjpe']:.1f} mm with {reg['labels']} labels (ratio {reg['ratio']:.3f}; "
@@ -180,6 +187,7 @@ def verdict(doc: dict[str, Any]) -> str:
             else f"above the target <= {LABEL_LIMITED_RATIO} for testing the claim: even closing the whole gap "
             f"would lower MPJPE by only {100 * (1 - reg['ratio']):.0f}%)."
         )
+        + spread
     ]
     mpjpe = _groups(doc["runs"], "mpjpe")
     base = mpjpe.get(("baseline", reg["labels"]))

@@ -8,6 +8,7 @@ import yaml
 
 from metricpose.cli import main
 from metricpose.demo import DemoRun, _add_gap_closed, _training_order, regime
+from metricpose.report import verdict
 
 
 @pytest.mark.slow
@@ -40,9 +41,12 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
     assert doc["regime"]["ratio"] == pytest.approx(
         by_setting["baseline", "all"] / by_setting["baseline", "S1"]
     )
+    # The studio's test people that were rendered (the tiny studio has one of its ten).
+    assert doc["test_subjects"] == ["S9"] and set(doc["regime"]["ratio_per_test_person"]) == {"S9"}
     assert doc["machine"]["torch"] and doc["machine"]["threads_per_run"] >= 1
     for run in doc["runs"]:
         assert 0 < run["pa_mpjpe"] <= run["n_mpjpe"] + 1e-6 <= run["mpjpe"] + 2e-6
+        assert run["per_subject_mpjpe"] == {"S9": pytest.approx(run["mpjpe"])}
         assert 0 <= run["retrieval"]["hit@1"] <= run["retrieval"]["hit@10"] <= 1
         assert run["retrieval"]["mean_pa_mpjpe@1"] > 0
         assert 0 <= run["identity_probe_acc"] <= 1 and run["train_seconds"] > 0
@@ -74,20 +78,24 @@ def test_tiny_demo_writes_results_report_and_plots(tmp_path, capsys):
 
 
 def test_gap_closed_and_regime_hand_computed():
+    def row(variant, labels, seed, a, b):  # two test people, A and B, with as many crops
+        return {"variant": variant, "labels": labels, "seed": seed, "mpjpe": (a + b) / 2,
+                "per_subject_mpjpe": {"A": a, "B": b}}  # fmt: skip
+
     runs = [
-        {"variant": "baseline", "labels": "S1", "seed": 0, "mpjpe": 200.0},
-        {"variant": "metric", "labels": "S1", "seed": 0, "mpjpe": 180.0},
-        {"variant": "baseline", "labels": "all", "seed": 0, "mpjpe": 100.0},
-        {"variant": "baseline", "labels": "S1", "seed": 1, "mpjpe": 210.0},
-        {"variant": "metric", "labels": "S1", "seed": 1, "mpjpe": 215.0},
-        {"variant": "baseline", "labels": "all", "seed": 1, "mpjpe": 110.0},
-    ]
+        row("baseline", "S1", 0, 180.0, 220.0), row("metric", "S1", 0, 170.0, 190.0),
+        row("baseline", "all", 0, 90.0, 110.0), row("baseline", "S1", 1, 200.0, 220.0),
+        row("metric", "S1", 1, 210.0, 220.0), row("baseline", "all", 1, 100.0, 120.0),
+    ]  # fmt: skip
     _add_gap_closed(runs)
     # Per seed: (baseline - variant) / (baseline - ceiling).
     assert [r["gap_closed"] for r in runs] == [0.0, 0.2, None, 0.0, -0.05, None]
     reg = regime(runs, "S1")
     assert reg["baseline_mpjpe"] == 205.0 and reg["ceiling_mpjpe"] == 105.0
     assert reg["ratio"] == pytest.approx(105 / 205) and reg["label_limited"]
+    # Per test person, over seeds: A (90 + 100) / (180 + 200), B (110 + 120) / (220 + 220).
+    assert reg["ratio_per_test_person"] == pytest.approx({"A": 0.5, "B": 230 / 440})
+    assert "runs 0.50-0.52 over 2 people" in verdict({"regime": reg, "runs": runs})
     # No gap (the ceiling no better than the baseline): nothing to close.
     flat = [dict(r, mpjpe=200.0) for r in runs[:3]]
     _add_gap_closed(flat)

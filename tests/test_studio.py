@@ -222,3 +222,29 @@ def test_a_rig_file_sets_cameras(tmp_path):
     (tmp_path / "rig.json").write_text(json.dumps(cams))
     with pytest.raises(ValueError, match="rig.json.*not a rotation"):
         generate(tmp_path / "e", config, progress=False)
+
+
+def test_a_studio_records_its_test_people_and_scoring_defaults_to_them(tmp_path):
+    from metricpose.config import load_config
+    from metricpose.errors import InputError
+    from metricpose.evaluate import default_test_subjects
+    from metricpose.studio.generate import TEST_SUBJECTS, TRAIN_SUBJECTS
+
+    # Ten test people, none of them a training person: with two, which two decided the regime.
+    assert len(TEST_SUBJECTS) == 10 and not set(TEST_SUBJECTS) & set(TRAIN_SUBJECTS)
+    config = load_config("baseline")
+    studio = tmp_path / "studio"
+    generate(
+        studio,
+        synth_config("tiny", frames=2, actions=["walking"], subjects=["S1", "S52"]),
+        progress=False,
+    )
+    assert default_test_subjects(studio, config) == TEST_SUBJECTS
+    # Any other dataset (no studio.json): the config's test subjects.
+    assert default_test_subjects(tmp_path, config) == ["S9", "S11"]
+    (studio / "studio.json").write_text("[1, 2")
+    with pytest.raises(InputError, match="studio.json: not a studio description"):
+        default_test_subjects(studio, config)
+    (studio / "studio.json").write_text('{"test_subjects": "S9"}')
+    with pytest.raises(InputError, match="'test_subjects' must be a list"):
+        default_test_subjects(studio, config)
