@@ -36,7 +36,14 @@ from metricpose.fileio import atomic_write_text
 from metricpose.metrics import fuse_views, mpjpe, orientation_decomposition
 from metricpose.probe import heading_probe, identity_probe
 from metricpose.pseudo_labels import write_pseudo_labels
-from metricpose.report import CEILING, LABEL_LIMITED_RATIO, summary_table, verdict, write_report
+from metricpose.report import (
+    CEILING,
+    LABEL_LIMITED_RATIO,
+    per_person_ratio,
+    summary_table,
+    verdict,
+    write_report,
+)
 from metricpose.retrieval import evaluate_retrieval
 from metricpose.studio.generate import generate, synth_config
 from metricpose.train import train
@@ -479,16 +486,6 @@ def regime(results: list[dict[str, Any]], labels: str) -> dict[str, Any]:
     ratio = float(
         np.mean([r["mpjpe"] for r in ceiling_runs]) / np.mean([r["mpjpe"] for r in base_runs])
     )
-    people = sorted(
-        set.intersection(*(set(r["per_subject_mpjpe"]) for r in base_runs + ceiling_runs))
-    )
-    per_person = {
-        person: float(
-            np.mean([r["per_subject_mpjpe"][person] for r in ceiling_runs])
-            / np.mean([r["per_subject_mpjpe"][person] for r in base_runs])
-        )
-        for person in people
-    }
     return {
         "labels": labels,
         "baseline_mpjpe": float(np.mean([r["mpjpe"] for r in base_runs])),
@@ -496,7 +493,7 @@ def regime(results: list[dict[str, Any]], labels: str) -> dict[str, Any]:
         "ratio": ratio,
         "label_limited": ratio <= LABEL_LIMITED_RATIO,
         "target_ratio": LABEL_LIMITED_RATIO,
-        "ratio_per_test_person": per_person,
+        "ratio_per_test_person": per_person_ratio(ceiling_runs, base_runs),
     }
 
 

@@ -37,6 +37,25 @@ def _groups(runs: list[dict[str, Any]], key: str) -> dict[tuple[str, str], list[
     return out
 
 
+def per_person_ratio(
+    numerator: list[dict[str, Any]], denominator: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Per test person: the mean MPJPE of the ``numerator`` runs (over seeds) / that of the
+    ``denominator`` runs, for the people every run scored; empty for rows scored before
+    results.json held per-person scores."""
+    runs = numerator + denominator
+    if not runs or not all("per_subject_mpjpe" in r for r in runs):
+        return {}
+    people = sorted(set.intersection(*(set(r["per_subject_mpjpe"]) for r in runs)))
+    return {
+        person: float(
+            np.mean([r["per_subject_mpjpe"][person] for r in numerator])
+            / np.mean([r["per_subject_mpjpe"][person] for r in denominator])
+        )
+        for person in people
+    }
+
+
 def _fmt(values: list[float] | None, scale: float = 1.0, digits: int = 1) -> str:
     if not values:
         return "-"
@@ -196,10 +215,22 @@ def verdict(doc: dict[str, Any]) -> str:
         if variant == "baseline" or not values or not base:
             continue
         gain = 1 - np.mean(values) / np.mean(base)
+        per_person = per_person_ratio(
+            *(
+                [r for r in doc["runs"] if r["variant"] == v and r["labels"] == reg["labels"]]
+                for v in (variant, "baseline")
+            )
+        )
+        spread = (
+            f" (per test person {100 * (min(per_person.values()) - 1):+.0f}% to "
+            f"{100 * (max(per_person.values()) - 1):+.0f}%)"
+            if len(per_person) > 1
+            else ""
+        )
         lines.append(
             f"Claim (>= {100 * CLAIMED_GAIN:.0f}% lower MPJPE than labels alone): {variant} "
             f"{100 * abs(gain):.1f}% {'lower' if gain >= 0 else 'higher'} -> "
-            f"{'reproduced' if gain >= CLAIMED_GAIN else 'not reproduced'}."
+            f"{'reproduced' if gain >= CLAIMED_GAIN else 'not reproduced'}{spread}."
         )
     return "\n".join(lines)
 

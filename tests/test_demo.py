@@ -95,7 +95,9 @@ def test_gap_closed_and_regime_hand_computed():
     assert reg["ratio"] == pytest.approx(105 / 205) and reg["label_limited"]
     # Per test person, over seeds: A (90 + 100) / (180 + 200), B (110 + 120) / (220 + 220).
     assert reg["ratio_per_test_person"] == pytest.approx({"A": 0.5, "B": 230 / 440})
-    assert "runs 0.50-0.52 over 2 people" in verdict({"regime": reg, "runs": runs})
+    # metric per person: A (170 + 210) / (180 + 200) = 1.0, B (190 + 220) / (220 + 220).
+    said = verdict({"regime": reg, "runs": runs})
+    assert "runs 0.50-0.52 over 2 people" in said and "(per test person -7% to +0%)" in said
     # No gap (the ceiling no better than the baseline): nothing to close.
     flat = [dict(r, mpjpe=200.0) for r in runs[:3]]
     _add_gap_closed(flat)
