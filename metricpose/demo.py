@@ -483,13 +483,13 @@ def regime(results: list[dict[str, Any]], labels: str) -> dict[str, Any]:
     ceiling_runs = [r for r in results if r["variant"] == "baseline" and r["labels"] == CEILING]
     if not base_runs or not ceiling_runs:
         return {"labels": labels, "baseline_mpjpe": None, "ceiling_mpjpe": None, "ratio": None}
-    ratio = float(
-        np.mean([r["mpjpe"] for r in ceiling_runs]) / np.mean([r["mpjpe"] for r in base_runs])
-    )
+    base = float(np.mean([r["mpjpe"] for r in base_runs]))
+    ceiling = float(np.mean([r["mpjpe"] for r in ceiling_runs]))
+    ratio = ceiling / base
     return {
         "labels": labels,
-        "baseline_mpjpe": float(np.mean([r["mpjpe"] for r in base_runs])),
-        "ceiling_mpjpe": float(np.mean([r["mpjpe"] for r in ceiling_runs])),
+        "baseline_mpjpe": base,
+        "ceiling_mpjpe": ceiling,
         "ratio": ratio,
         "label_limited": ratio <= LABEL_LIMITED_RATIO,
         "target_ratio": LABEL_LIMITED_RATIO,

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from metricpose.data.dataset import FrameKey, MultiViewDataset
+from metricpose.data.format import recorded_test_subjects
 from metricpose.errors import InputError
 from metricpose.metrics import all_metrics
 from metricpose.skeleton import mirror_pose
-from metricpose.studio.generate import studio_test_subjects
 
 
 @dataclass
@@ -188,7 +188,7 @@ def format_table(scores: dict) -> str:
 def default_test_subjects(data: Path, config: dict) -> list[str]:
     """The people to score when none are named: a studio's own test people (its studio.json),
     else the config's ``data.test_subjects`` (Human3.6M's S9, S11)."""
-    return studio_test_subjects(data) or list(config["data"]["test_subjects"])
+    return recorded_test_subjects(data) or list(config["data"]["test_subjects"])
 
 
 def evaluate_checkpoint(

@@ -210,17 +210,16 @@ def verdict(doc: dict[str, Any]) -> str:
     ]
     mpjpe = _groups(doc["runs"], "mpjpe")
     base = mpjpe.get(("baseline", reg["labels"]))
+
+    def runs_of(variant: str) -> list[dict[str, Any]]:
+        return [r for r in doc["runs"] if r["variant"] == variant and r["labels"] == reg["labels"]]
+
     for variant in VARIANTS:
         values = mpjpe.get((variant, reg["labels"]))
         if variant == "baseline" or not values or not base:
             continue
         gain = 1 - np.mean(values) / np.mean(base)
-        per_person = per_person_ratio(
-            *(
-                [r for r in doc["runs"] if r["variant"] == v and r["labels"] == reg["labels"]]
-                for v in (variant, "baseline")
-            )
-        )
+        per_person = per_person_ratio(runs_of(variant), runs_of("baseline"))
         spread = (
             f" (per test person {100 * (min(per_person.values()) - 1):+.0f}% to "
             f"{100 * (max(per_person.values()) - 1):+.0f}%)"

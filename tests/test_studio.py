@@ -242,8 +242,11 @@ def test_a_studio_records_its_test_people_and_scoring_defaults_to_them(tmp_path)
     assert default_test_subjects(studio, config) == TEST_SUBJECTS
     # Any other dataset (no studio.json): the config's test subjects.
     assert default_test_subjects(tmp_path, config) == ["S9", "S11"]
-    (studio / "studio.json").write_text("[1, 2")
+    (studio / "studio.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="studio.json: not a studio description"):
+        default_test_subjects(studio, config)
+    (studio / "studio.json").write_text("[1, 2")
+    with pytest.raises(InputError, match="studio.json: not valid JSON"):
         default_test_subjects(studio, config)
     (studio / "studio.json").write_text('{"test_subjects": "S9"}')
     with pytest.raises(InputError, match="'test_subjects' must be a list"):

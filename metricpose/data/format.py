@@ -153,6 +153,23 @@ def load_json(path: Path) -> Any:
         raise DatasetError(f"{path}: JSON nested too deeply to be a metricpose file") from None
 
 
+def recorded_test_subjects(root: Path) -> list[str] | None:
+    """The test people recorded in a studio's ``studio.json`` (written by the studio's
+    generate), or None for any other dataset and for studios rendered before it recorded them."""
+    path = Path(root) / "studio.json"
+    if not path.is_file():
+        return None
+    studio = load_json(path)
+    if not isinstance(studio, dict):
+        raise DatasetError(f"{path}: not a studio description (a JSON object)")
+    recorded = studio.get("test_subjects")
+    if recorded is not None and not (
+        isinstance(recorded, list) and all(isinstance(s, str) for s in recorded)
+    ):
+        raise DatasetError(f"{path}: 'test_subjects' must be a list of subject names")
+    return recorded
+
+
 def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     """A numeric .npy array (never unpickled); one DatasetError naming the file otherwise."""
     if not path.is_file():

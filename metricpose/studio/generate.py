@@ -39,7 +39,8 @@ _TAKES_PER_BATCH = 16
 @dataclass
 class SynthConfig:
     subjects: list[str] = field(default_factory=lambda: TRAIN_SUBJECTS + TEST_SUBJECTS)
-    # held out for testing: the demo and `metricpose evaluate` score the ones rendered (studio.json)
+    # held out for testing: the demo and `metricpose evaluate` score the ones rendered
+    # (studio.json, read by data.format.recorded_test_subjects)
     test_subjects: list[str] = field(default_factory=lambda: list(TEST_SUBJECTS))
     actions: list[str] = field(default_factory=lambda: list(ACTIONS))
     takes: int = 1
@@ -91,23 +92,6 @@ def synth_config(preset: str = "default", **overrides) -> SynthConfig:
 def _subject_number(name: str) -> int:
     digits = "".join(ch for ch in name if ch.isdigit())
     return int(digits) if digits else sum(map(ord, name))
-
-
-def studio_test_subjects(root: Path) -> list[str] | None:
-    """The test people a studio folder was rendered with (its studio.json), or None for any
-    other dataset and for studios rendered before studio.json recorded them."""
-    path = Path(root) / "studio.json"
-    if not path.is_file():
-        return None
-    try:
-        recorded = json.loads(path.read_text()).get("test_subjects")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
-        raise InputError(f"{path}: not a studio description ({err})") from None
-    if recorded is not None and not (
-        isinstance(recorded, list) and all(isinstance(s, str) for s in recorded)
-    ):
-        raise InputError(f"{path}: 'test_subjects' must be a list of subject names")
-    return recorded
 
 
 def generate(out: Path, config: SynthConfig, progress: bool = True) -> list[Path]:
